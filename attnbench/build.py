@@ -1,0 +1,288 @@
+"""JIT build and cache of the compiled extensions in ``impls/<mech>/csrc/``.
+
+Each mechanism's ``csrc/`` holds ``<mech>.h`` (math written once, host/device),
+``<mech>.cpp`` (CPU kernels and the ``TORCH_LIBRARY`` schema) and
+``<mech>_cuda.cu`` (CUDA kernels). :func:`load` compiles them with
+``torch.utils.cpp_extension`` into a folder named by a hash of the sources,
+flags, compiler, torch and Python versions, so a rerun loads the cached
+library without invoking the compiler. A failing or missing compiler raises
+:class:`BuildError` with the compiler's message; the ext impls turn that into
+``skip`` rows (see :func:`unavailable_reason`).
+
+``attnbench build --check-cuda`` compiles every ``.cu`` with ``nvcc -c`` (no GPU
+needed) so CUDA code never rots on CPU-only CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnbench.errors import UsageError
+
+IMPLS_DIR = Path(__file__).resolve().parent.parent / "impls"
+CFLAGS = ["-O3", "-fopenmp", "-std=c++17", "-march=native", "-ffp-contract=fast"]
+LDFLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+CUDA_ARCHS = ("75", "80", "86", "90")
+
+
+class BuildError(RuntimeError):
+    """The extension could not be compiled or loaded; the message says why."""
+
+
+_lock = threading.Lock()
+_loaded: dict[str, str] = {}
+_failed: dict[str, str] = {}
+
+
+def cache_root() -> Path:
+    """``$ATTNBENCH_CACHE`` or ``~/.cache/attnbench`` (a clean clone rebuilds once)."""
+    env = os.environ.get("ATTNBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "attnbench"
+
+
+def sources(mech: str) -> tuple[list[Path], list[Path], list[Path]]:
+    """(cpp sources, cuda sources, headers) of ``impls/<mech>/csrc``."""
+    csrc = IMPLS_DIR / mech / "csrc"
+    if not csrc.is_dir():
+        raise BuildError(f"{mech}: no csrc folder at {csrc}")
+    return sorted(csrc.glob("*.cpp")), sorted(csrc.glob("*.cu")), sorted(csrc.glob("*.h")) + sorted(csrc.glob("*.cuh"))
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def _compiler_version(cmd: str) -> str:
+    exe = shutil.which(cmd)
+    if exe is None:
+        raise BuildError(f"no C++ compiler: {cmd!r} is not on PATH (set CXX or install g++)")
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(f"C++ compiler {exe} does not run: {exc}") from exc
+    return out.stdout.splitlines()[0] if out.stdout else exe
+
+
+def want_cuda() -> bool:
+    """Build the CUDA sources too: only where this torch can run them."""
+    return torch.cuda.is_available() and torch.version.cuda is not None and os.environ.get("ATTNBENCH_NO_CUDA") != "1"
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def _cuda_home() -> str | None:
+    nvcc = nvcc_path()
+    return str(Path(nvcc).resolve().parent.parent) if nvcc else None
+
+
+def build_key(mech: str, cuda: bool) -> str:
+    cpp, cu, headers = sources(mech)
+    h = hashlib.sha256()
+    for p in cpp + headers + (cu if cuda else []):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    from attnbench.measure.env import cpu_model
+
+    for part in (
+        CFLAGS,
+        LDFLAGS,
+        NVCC_FLAGS if cuda else [],
+        [torch.__version__, sys.version, cpu_model(), _compiler_version(_compiler()), str(cuda)],
+    ):
+        h.update(repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def load(mech: str, verbose: bool = False) -> str:
+    """Builds (or finds in the cache) and loads ``impls/<mech>/csrc``; returns the library path.
+
+    Raises:
+        BuildError: no compiler, a compile error (with its output) or a load failure.
+    """
+    with _lock:
+        if mech in _loaded:
+            return _loaded[mech]
+        if mech in _failed:
+            raise BuildError(_failed[mech])
+        try:
+            path = _build(mech, verbose)
+        except BuildError as exc:
+            _failed[mech] = str(exc)
+            raise
+        except Exception as exc:  # cpp_extension raises RuntimeError/CalledProcessError/OSError
+            _failed[mech] = _compiler_message(exc)
+            raise BuildError(_failed[mech]) from exc
+        _loaded[mech] = path
+        return path
+
+
+def _compiler_message(exc: BaseException) -> str:
+    text = str(exc)
+    output = getattr(exc, "output", None)
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    if output:
+        text = f"{text}\n{output}"
+    errors = [ln for ln in text.splitlines() if "error" in ln.lower()]
+    head = " | ".join(errors[:4]) if errors else " ".join(text.split())[:400]
+    return f"extension build failed: {head}"[:800]
+
+
+def _build(mech: str, verbose: bool) -> str:
+    cuda = want_cuda()
+    cpp, cu, _ = sources(mech)
+    if not cpp:
+        raise BuildError(f"{mech}: no .cpp sources in impls/{mech}/csrc")
+    key = build_key(mech, cuda)
+    name = f"attnbench_{mech}_{key}"
+    folder = cache_root() / "ext" / name
+    lib = folder / f"{name}.so"
+    if lib.exists():  # cached: no compiler, no ninja
+        torch.ops.load_library(str(lib))
+        return str(lib)
+    folder.mkdir(parents=True, exist_ok=True)
+    from torch.utils import cpp_extension
+
+    srcs = [str(p) for p in cpp]
+    cuda_flags: list[str] = []
+    if cuda:
+        home = _cuda_home()
+        if home:
+            os.environ.setdefault("CUDA_HOME", home)
+            cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+        srcs += [str(p) for p in cu]
+        cuda_flags = NVCC_FLAGS + ["-DATTNBENCH_CUDA"]
+    cpp_extension.load(
+        name=name,
+        sources=srcs,
+        extra_cflags=CFLAGS + (["-DATTNBENCH_CUDA"] if cuda else []),
+        extra_ldflags=LDFLAGS,
+        extra_cuda_cflags=cuda_flags,
+        extra_include_paths=[str(IMPLS_DIR / mech / "csrc")],
+        build_directory=str(folder),
+        with_cuda=cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
+    if not lib.exists():
+        raise BuildError(f"{mech}: the build produced no {lib.name} in {folder}")
+    return str(lib)
+
+
+def unavailable_reason(mech: str) -> str | None:
+    """``None`` if the extension loads, else the reason (used as an Impl's ``available``)."""
+    try:
+        load(mech)
+    except BuildError as exc:
+        return str(exc)
+    return None
+
+
+# -- nvcc -c: CUDA sources compile everywhere -----------------------------------------
+
+
+def cuda_sources(mech: str | None = None) -> list[Path]:
+    folders = [IMPLS_DIR / mech] if mech else sorted(p for p in IMPLS_DIR.iterdir() if p.is_dir())
+    return sorted(p for f in folders for p in (f / "csrc").glob("*.cu"))
+
+
+def check_cuda(mech: str | None = None, arch: str = "75") -> list[tuple[Path, bool, str]]:
+    """Compiles each ``.cu`` with ``nvcc -c`` against torch's headers; returns (file, ok, output).
+
+    Raises:
+        BuildError: nvcc is not available.
+    """
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise BuildError("nvcc not found (not on PATH, CUDA_HOME unset): CUDA sources not compiled")
+    from torch.utils import cpp_extension
+
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    includes.append(f"-I{sysconfig.get_paths()['include']}")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cu in cuda_sources(mech):
+            cmd = [
+                nvcc,
+                "-c",
+                str(cu),
+                "-o",
+                str(Path(tmp) / (cu.stem + ".o")),
+                *NVCC_FLAGS,
+                f"-gencode=arch=compute_{arch},code=sm_{arch}",
+                "-DATTNBENCH_CUDA",
+                "-Xcompiler",
+                "-fPIC",
+                f"-I{cu.parent}",
+                *includes,
+                "-D_GLIBCXX_USE_CXX11_ABI=1",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            results.append((cu, proc.returncode == 0, (proc.stdout + proc.stderr).strip()))
+    return results
+
+
+# -- CLI: attnbench build [MECH] [--check-cuda] --------------------------------------------
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser("build", help="compile extensions ahead of time (and nvcc -c every .cu)")
+    p.add_argument("mechanism", nargs="?", help="one mechanism folder (default: all with csrc/)")
+    p.add_argument("--check-cuda", action="store_true", help="compile every .cu with nvcc -c (no GPU needed)")
+    p.add_argument("--verbose", action="store_true")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from attnbench.cli import console
+
+    mechs = (
+        [args.mechanism]
+        if args.mechanism
+        else sorted(p.name for p in IMPLS_DIR.iterdir() if (p / "csrc").is_dir() and any((p / "csrc").glob("*.cpp")))
+    )
+    if args.mechanism and not (IMPLS_DIR / args.mechanism / "csrc").is_dir():
+        known = sorted(p.name for p in IMPLS_DIR.iterdir() if (p / "csrc").is_dir())
+        raise UsageError(
+            f"build {args.mechanism}: no impls/{args.mechanism}/csrc; mechanisms with csrc: {', '.join(known)}"
+        )
+    code = 0
+    if args.check_cuda:
+        try:
+            results = check_cuda(args.mechanism)
+        except BuildError as exc:
+            console.print(f"[yellow]check-cuda skipped:[/] {exc}")
+            return 2
+        for cu, ok, output in results:
+            console.print(f"{'[green]ok[/]' if ok else '[red]FAILED[/]'}  nvcc -c {cu.relative_to(IMPLS_DIR.parent)}")
+            if not ok:
+                console.print(output)
+                code = 1
+        if not results:
+            console.print("no .cu sources found")
+        return code
+    for mech in mechs:
+        try:
+            path = load(mech, verbose=args.verbose)
+            console.print(f"[green]ok[/]  {mech}: {path}")
+        except BuildError as exc:
+            console.print(f"[red]FAILED[/]  {mech}: {exc}")
+            code = 1
+    return code

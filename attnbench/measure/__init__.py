@@ -1,0 +1,1 @@
+"""Measurements: latency, memory, FLOPs and the machine fingerprint."""

@@ -1,0 +1,1 @@
+"""Built-in mechanisms: one package per mechanism, discovered by attnbench.registry."""
