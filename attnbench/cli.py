@@ -24,6 +24,7 @@ from rich.table import Table
 
 from attnbench import runner
 from attnbench.errors import UsageError
+from attnbench.measure.bandwidth import copy_bandwidth
 from attnbench.measure.env import fingerprint, set_threads, verification_mode
 from attnbench.registry import REGISTRY
 from attnbench.report.csv import ResultWriter, read_rows
@@ -263,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     env["command"] = "attnbench " + " ".join(sys.argv[1:] if argv_is_cli() else [])
     env["user_impls"] = REGISTRY.user_files
+    env["copy_bandwidth_bytes_per_s"] = {d: copy_bandwidth(device=d) for d in _devices_run(profile, options)}
     (out / "env.json").write_text(json.dumps(env, indent=2))
 
     pending = [t for t in tasks if t.key not in done]
@@ -298,6 +300,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = exit_code(checks_rows, regression)
     summary(out, suite.name, profile.name, time.perf_counter() - start, len(done), code)
     return code
+
+
+def _devices_run(profile: Any, options: runner.Options) -> list[str]:
+    return [d for d in (options.devices or profile.devices) if runner.cuda_unavailable_reason(d) is None]
 
 
 def argv_is_cli() -> bool:

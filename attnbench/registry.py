@@ -117,6 +117,8 @@ class PropertyOutcome:
     max_abs_err: float = float("nan")
     atol: float = float("nan")
     detail: str = ""
+    statistic: float | None = None  # hypothesis tests (attnbench.checks.statistical)
+    p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class Mechanism:
         properties: invariants checked per impl.
         modules: modules built on the core, checked per impl.
         rule_k: the ``k`` of comparison rule K (specs/README.md §3).
+        traffic: ``(case, dtype, pass) -> bytes`` an ideal kernel must move
+            (memory-bound mechanisms; reported as achieved bandwidth).
         doc: one paragraph for ``attnbench list``.
     """
 
@@ -179,6 +183,7 @@ class Mechanism:
     properties: tuple[Property, ...] = ()
     modules: tuple[ModuleDef, ...] = ()
     rule_k: float = 2.0
+    traffic: Callable[[Case, torch.dtype, str], float] | None = None
     doc: str = ""
 
     @property

@@ -507,7 +507,9 @@ def _measure(
                 threads=torch.get_num_threads(),
                 gflops_per_s=(flops / result.median / 1e9) if flops and result.median > 0 else None,
                 model_bytes=model.get("attention_map"),
-                bytes_moved=_bytes_moved(inputs, pass_),
+                bytes_moved=(
+                    mech.traffic(case, DTYPES[task.dtype], pass_) if mech.traffic else _bytes_moved(inputs, pass_)
+                ),
                 samples_s=";".join(f"{s:.6g}" for s in result.samples),
                 task=task.key,
             )
@@ -566,7 +568,9 @@ def _execute_property(task: Task, impl: Impl, ctx: Context) -> list[Row]:
     outcome = prop.fn(impl.fn, task.case, DTYPES[task.dtype], task.device)
     status = "pass" if outcome.passed else "fail"
     cmp = Comparison(outcome.passed, outcome.max_abs_err, float("nan"), outcome.atol, 0.0, outcome.detail)
-    return [_row(task, impl, f"property:{prop.name}", status, outcome.detail or prop.description, cmp=cmp)]
+    row = _row(task, impl, f"property:{prop.name}", status, outcome.detail or prop.description, cmp=cmp)
+    row.statistic, row.p_value = outcome.statistic, outcome.p_value
+    return [row]
 
 
 def _execute_gradcheck(task: Task, impl: Impl, ctx: Context) -> list[Row]:

@@ -128,6 +128,7 @@ def write_report(out: Path) -> Path:
     if not perf.empty:
         lines += performance_section(perf, out)
         lines += memory_section(perf)
+        lines += bandwidth_section(perf, env)
     for section in SECTIONS:
         lines += section(out, env)
     if not checks.empty:
@@ -234,4 +235,44 @@ def memory_section(perf: pd.DataFrame) -> list[str]:
         columns={"peak_bytes": "peak extra", "saved_bytes": "saved for bwd", "model_bytes": "attention map (analytic)"}
     )
     lines += table(df)
+    return lines
+
+
+def bandwidth_section(perf: pd.DataFrame, env: dict[str, Any]) -> list[str]:
+    """Achieved bytes/s (mechanism traffic model / median) next to the measured copy bandwidth."""
+    peaks = env.get("copy_bandwidth_bytes_per_s") or {}
+    if not peaks or "bytes_moved" not in perf or perf["bytes_moved"].isna().all():
+        return []
+    lines = ["## Bandwidth", ""]
+    lines += [
+        "Achieved = bytes an ideal kernel must move (the mechanism's traffic model, or inputs + outputs) "
+        "/ median time; copy = a large `copy_` on this machine (read + write). "
+        + ", ".join(f"{d}: {v / 1e9:.1f} GB/s" for d, v in peaks.items()),
+        "",
+    ]
+    df = perf.copy()
+    df["GB/s"] = df["bytes_moved"] / df["median_s"] / 1e9
+    df["% of copy"] = [
+        100.0 * gbs * 1e9 / peaks[d] if peaks.get(d) else float("nan")
+        for gbs, d in zip(df["GB/s"], df["device"], strict=True)
+    ]
+    # the largest case per mechanism/dtype/pass is where bandwidth matters
+    df["size"] = df["bytes_moved"]
+    rows = []
+    for (_mech, _dtype, _pass), g in df.groupby(["mechanism", "dtype", "pass"], sort=True):
+        biggest = g[g["size"] == g["size"].max()]
+        for _, r in biggest.iterrows():
+            rows.append(
+                {
+                    "mechanism": r["mechanism"],
+                    "case": short_case(r["case"]),
+                    "impl": r["impl"],
+                    "dtype": r["dtype"],
+                    "pass": r["pass"],
+                    "moved": fmt_bytes(r["bytes_moved"]),
+                    "GB/s": f"{r['GB/s']:.2f}",
+                    "% of copy": f"{r['% of copy']:.0f}%",
+                }
+            )
+    lines += table(pd.DataFrame(rows))
     return lines
