@@ -97,6 +97,9 @@ def short_case(case: str) -> str:
 
 
 def write_report(out: Path) -> Path:
+    from attnbench.registry import REGISTRY
+
+    REGISTRY.discover()  # mechanism packages may append to SECTIONS
     checks, perf, env = load(out)
     lines: list[str] = []
     suite = env.get("suite", {})
