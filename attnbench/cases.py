@@ -96,11 +96,11 @@ class Case:
 
     def randn(self, role: str, *shape: int, std: float = 1.0) -> torch.Tensor:
         """Standard-normal float64 CPU tensor for ``role`` scaled by ``std``."""
-        return torch.randn(*shape, generator=self.generator(role), dtype=torch.float64) * std
+        return torch.randn(shape, generator=self.generator(role), dtype=torch.float64) * std
 
     def rand(self, role: str, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """Uniform float64 CPU tensor on [low, high) for ``role``."""
-        u = torch.rand(*shape, generator=self.generator(role), dtype=torch.float64)
+        u = torch.rand(shape, generator=self.generator(role), dtype=torch.float64)
         return low + (high - low) * u
 
     def with_params(self, **changes: Any) -> Case:

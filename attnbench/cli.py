@@ -9,6 +9,8 @@ then 4, then 3.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +29,7 @@ from attnbench.errors import UsageError
 from attnbench.measure.bandwidth import copy_bandwidth
 from attnbench.measure.env import fingerprint, set_threads, verification_mode
 from attnbench.registry import REGISTRY
-from attnbench.report.csv import ResultWriter, read_rows
+from attnbench.report.csv import CHECK_HEADER, PERF_HEADER, ResultWriter, read_rows
 from attnbench.report.markdown import write_report
 from attnbench.suite import Suite, load_suite
 
@@ -126,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local one)")
     run.add_argument(
         "--isolate",
-        choices=["auto", "process", "none"],
-        default="auto",
-        help="run tasks in worker processes (crash/hang isolation) or in this process",
+        choices=["process", "none"],
+        default="process",
+        help="run tasks in a reusable worker process (crash/hang isolation; default) or in this process",
     )
     run.add_argument("--force", action="store_true", help="give perf verdicts even across different machines")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -248,10 +250,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     threads = set_threads(profile.timing.threads)
     done: set[str] = set()
     if args.resume:
-        done = {r["task"] for r in read_rows(out / "checks.csv") if r.get("task")}
-        done |= {r["task"] for r in read_rows(out / "perf.csv") if r.get("task")}
-    elif out.exists() and any((out / n).exists() for n in ("checks.csv", "perf.csv")):
-        for n in ("checks.csv", "perf.csv", "report.md"):
+        done = resume_state(out)
+    else:
+        for n in ("checks.csv", "perf.csv", "report.md", DONE_LOG):
             (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     env = fingerprint(threads)
@@ -265,23 +266,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     env["command"] = "attnbench " + " ".join(sys.argv[1:] if argv_is_cli() else [])
     env["user_impls"] = REGISTRY.user_files
     env["copy_bandwidth_bytes_per_s"] = {d: copy_bandwidth(device=d) for d in _devices_run(profile, options)}
+    env["fingerprint"] = fingerprint_id(env)
     (out / "env.json").write_text(json.dumps(env, indent=2))
 
     pending = [t for t in tasks if t.key not in done]
     writer = ResultWriter(out, append=args.resume)
+    done_log = open(out / DONE_LOG, "a", encoding="utf-8")  # noqa: SIM115
     ctx = runner.Context(suite, profile, options)
-    executor = _executor(args, ctx)
+    executor = _executor(args, ctx, threads)
     interrupted = False
     try:
         with _progress(args.quiet) as progress:
             bar = progress.add_task(f"{suite.name} [{profile.name}]", total=len(pending))
             for task, rows in executor(pending, ctx):
+                for row in rows:
+                    row.fingerprint = env["fingerprint"]
                 writer.write(rows)
+                done_log.write(task.key + "\n")
+                done_log.flush()
                 progress.update(bar, advance=1, description=f"{task.impl} {task.case.shape_id.split('/', 2)[-1]}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         writer.close()
+        done_log.close()
     if interrupted:
         console.print(
             f"\n[yellow]interrupted:[/] partial results are in {out}/checks.csv and {out}/perf.csv; "
@@ -310,14 +318,58 @@ def argv_is_cli() -> bool:
     return bool(sys.argv) and Path(sys.argv[0]).name in ("attnbench", "__main__.py", "cli.py")
 
 
-def _executor(args: argparse.Namespace, ctx: runner.Context) -> Any:
-    mode = args.isolate
+def _executor(args: argparse.Namespace, ctx: runner.Context, threads: int) -> Any:
+    """In-process with ``--isolate none``; otherwise a reusable worker process (crash/hang isolation)."""
     timeout = args.timeout or ctx.suite.timeout_s
-    if mode == "none" or (mode == "auto" and timeout is None):
+    if args.isolate == "none":
+        if timeout is not None:
+            raise UsageError("--timeout needs worker processes; drop --isolate none")
         return runner.iter_rows
     from attnbench import isolation
 
-    return isolation.pool_executor(timeout=timeout, user_files=list(REGISTRY.user_files))
+    devices = ctx.options.devices or ctx.profile.devices
+    return isolation.pool_executor(
+        timeout=timeout,
+        user_files=list(REGISTRY.user_files),
+        spec_base={"threads": threads, "memory_limit": isolation.memory_limit_for_workers(devices)},
+    )
+
+
+DONE_LOG = "tasks.done"
+
+
+def resume_state(out: Path) -> set[str]:
+    """Finished task keys of an interrupted run; rows of unfinished tasks are dropped.
+
+    A task's rows are flushed before its key is appended to ``tasks.done``, so a
+    kill between the two leaves rows whose task is not done: they are removed
+    and the task runs again, and the final files equal an uninterrupted run's.
+    """
+    log = out / DONE_LOG
+    if not log.exists():
+        if (out / "checks.csv").exists():
+            raise UsageError(f"--resume: {out} has results but no {DONE_LOG} (not written by this version?)")
+        return set()
+    done = {line.strip() for line in log.read_text(encoding="utf-8").splitlines() if line.strip()}
+    for name, header in (("checks.csv", CHECK_HEADER), ("perf.csv", PERF_HEADER)):
+        path = out / name
+        if not path.exists():
+            continue
+        rows = [r for r in read_rows(path) if r.get("task") in done]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(header))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in header})
+    return done
+
+
+def fingerprint_id(env: dict[str, Any]) -> str:
+    """Short id of the machine/software keys that make timings comparable."""
+    from attnbench.measure.env import COMPARABLE_KEYS
+
+    text = "|".join(f"{k}={env.get(k)}" for k in COMPARABLE_KEYS)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class _NullProgress:

@@ -324,19 +324,48 @@ def _row(
     )
 
 
-def execute(task: Task, ctx: Context) -> list[Row]:
-    """Runs one task; never raises (an exception becomes an ``error`` row)."""
-    impl = REGISTRY.impls[task.case.mechanism][task.impl]
-    first_check = {
+def first_check(task: Task) -> str:
+    """The check name a task's skip or error row is filed under."""
+    return {
         "case": "forward",
         "property": f"property:{task.detail}",
         "gradcheck": "gradcheck",
         "module": f"module:{task.case.core}:forward",
         "opcheck": "opcheck",
     }[task.kind]
+
+
+def predicted_bytes(case: Case, dtype: str) -> int | None:
+    """Predicted peak bytes of a case: the mechanism's ``predicted_peak`` or attention-map model."""
+    mech = REGISTRY.mechanisms[case.mechanism]
+    if mech.memory is None or "module" in case.tags:
+        return None
+    model = mech.memory(case, DTYPES[dtype])
+    for key in ("predicted_peak", "attention_map"):
+        if key in model:
+            return int(model[key])
+    return None
+
+
+def execute(task: Task, ctx: Context) -> list[Row]:
+    """Runs one task; never raises (an exception becomes an ``error`` row)."""
+    impl = REGISTRY.impls[task.case.mechanism][task.impl]
+    check = first_check(task)
     reason = cuda_unavailable_reason(task.device) or impl.unsupported_reason(task.case, task.dtype, task.device)
     if reason:
-        return [_row(task, impl, first_check, "skip", reason)]
+        return [_row(task, impl, check, "skip", reason)]
+    budget = ctx.options.max_memory
+    predicted = predicted_bytes(task.case, task.dtype) if budget else None
+    if budget and predicted and predicted > budget:
+        return [
+            _row(
+                task,
+                impl,
+                check,
+                "skip",
+                f"predicted memory {predicted:,} B > budget {budget:,} B (--max-memory / suite max_memory)",
+            )
+        ]
     try:
         if task.kind == "case":
             return _execute_case(task, impl, ctx)
@@ -348,7 +377,7 @@ def execute(task: Task, ctx: Context) -> list[Row]:
             return _execute_gradcheck(task, impl, ctx)
         return _execute_opcheck(task, impl)
     except Exception as exc:
-        return [_row(task, impl, first_check, "error", error_detail(exc))]
+        return [_row(task, impl, check, "error", error_detail(exc))]
 
 
 def error_detail(exc: BaseException) -> str:
@@ -356,7 +385,10 @@ def error_detail(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
     message = " ".join(str(exc).split())[:500]
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in message.lower():
+    lowered = message.lower()
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(
+        k in lowered for k in ("out of memory", "not enough memory", "cannot allocate memory")
+    ):
         return f"out of memory: {message}{where}"
     return f"{type(exc).__name__}: {message}{where}"
 

@@ -81,6 +81,10 @@ def tiny_suite(write_suite: Callable[[str], Path]) -> Path:
 @pytest.fixture
 def run_cli() -> Callable[..., int]:
     def run(*args: str) -> int:
-        return cli.main([str(a) for a in args])
+        """In-process runs (``--isolate none``) unless a test asks for process isolation."""
+        argv = [str(a) for a in args]
+        if argv and argv[0] == "run" and "--isolate" not in argv and "--timeout" not in argv:
+            argv.append("--isolate=none")
+        return cli.main(argv)
 
     return run
