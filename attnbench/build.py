@@ -32,7 +32,9 @@ import torch
 from attnbench.errors import UsageError
 
 IMPLS_DIR = Path(__file__).resolve().parent.parent / "impls"
-CFLAGS = ["-O3", "-fopenmp", "-std=c++17", "-march=native", "-ffp-contract=fast"]
+# No -std here: torch's cpp_extension passes the standard its headers need (c++17 or
+# c++20); a later -std=c++17 would silently override it.
+CFLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
 LDFLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
 CUDA_ARCHS = ("75", "80", "86", "90")
@@ -66,14 +68,20 @@ def _compiler() -> str:
 
 
 def _compiler_version(cmd: str) -> str:
+    """The compiler's identity for the cache key: resolved path, size and mtime.
+
+    Read from the file system, not by running ``--version``, so that loading a cached
+    build starts no process at all.
+    """
     exe = shutil.which(cmd)
     if exe is None:
         raise BuildError(f"no C++ compiler: {cmd!r} is not on PATH (set CXX or install g++)")
+    real = Path(exe).resolve()
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BuildError(f"C++ compiler {exe} does not run: {exc}") from exc
-    return out.stdout.splitlines()[0] if out.stdout else exe
+        st = real.stat()
+    except OSError as exc:
+        raise BuildError(f"C++ compiler {exe} cannot be read: {exc}") from exc
+    return f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def want_cuda() -> bool:
@@ -89,8 +97,14 @@ def nvcc_path() -> str | None:
 
 
 def _cuda_home() -> str | None:
+    """The toolkit root of nvcc (``nvcc`` may be a wrapper or link outside it, e.g. /usr/local/bin)."""
     nvcc = nvcc_path()
-    return str(Path(nvcc).resolve().parent.parent) if nvcc else None
+    if not nvcc:
+        return None
+    for candidate in (Path(nvcc).resolve().parent.parent, Path(nvcc).parent.parent, Path("/usr/local/cuda")):
+        if (candidate / "include" / "cuda_runtime.h").exists():
+            return str(candidate)
+    return str(Path(nvcc).resolve().parent.parent)
 
 
 def build_key(mech: str, cuda: bool) -> str:
