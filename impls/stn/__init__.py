@@ -1,3 +1,3 @@
 """Spatial transformer: bilinear sampler and affine grid (naive, vectorized, ext, peers, legacy adapter)."""
 
-from impls.stn import ext, legacy, mechanism, naive, peers, vectorized  # noqa: F401  (registration)
+from impls.stn import ext, legacy, mechanism, naive, peers, report, vectorized  # noqa: F401  (registration)

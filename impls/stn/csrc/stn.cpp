@@ -203,7 +203,7 @@ at::Tensor affine_grid_backward_cpu(const at::Tensor& ggrid_, int64_t H, int64_t
   AT_DISPATCH_FLOATING_TYPES(ggrid.scalar_type(), "affine_grid_backward", [&] {
     const scalar_t* g = ggrid.data_ptr<scalar_t>();
     scalar_t* dt = dtheta.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, B * H * W < kSerialWork ? B : 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         double acc[6] = {0, 0, 0, 0, 0, 0};
         for (int64_t i = 0; i < H; ++i) {
