@@ -307,10 +307,16 @@ inline int rows_per_task(int64_t B, int H, int cap) {
 }
 
 // Runs f(b, y0, y1, thread) over (batch, block of rows) tasks in parallel.
+// row_work: multiply-adds per image row. Small problems run inline on the calling
+// thread: a parallel region costs microseconds, and on a busy machine its barrier
+// waits for a descheduled thread, which would dominate a tiny case.
 template <typename F>
-void for_row_blocks(int64_t B, int H, int rows, F&& f) {
+void for_row_blocks(int64_t B, int H, int rows, int64_t row_work, F&& f) {
+  constexpr int64_t kMinWorkPerThread = int64_t{1} << 17;
   const int64_t blocks = (H + rows - 1) / rows;
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t task_work = std::max<int64_t>(1, row_work * rows);
+  const int64_t grain = std::max<int64_t>(1, (kMinWorkPerThread + task_work - 1) / task_work);
+  at::parallel_for(0, B * blocks, grain, [&](int64_t begin, int64_t end) {
     const int thread = at::get_thread_num();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / blocks;
@@ -339,7 +345,7 @@ at::Tensor weight_cpu(const Padded& q, const Padded& k, const Geometry& g) {
     const scalar_t* kp = k.data.const_data_ptr<scalar_t>();
     scalar_t* ep = energy.mutable_data_ptr<scalar_t>();
     const int64_t in_batch = channels * q.ps, e_batch = g.L * g.plane;
-    for_row_blocks(B, g.H, rows_per_task(B, g.H, 8), [&](int64_t b, int y0, int y1, int) {
+    for_row_blocks(B, g.H, rows_per_task(B, g.H, 8), g.plane * g.L * channels / g.H, [&](int64_t b, int y0, int y1, int) {
       energy_rows(qp + b * in_batch, kp + b * in_batch, q.ps, channels, g, y0, y1, ep + b * e_batch + y0 * g.W,
                   g.plane, g.W);
     });
@@ -357,7 +363,7 @@ at::Tensor map_cpu(const Padded& attn, const Padded& v, const Geometry& g) {
     const scalar_t* vp = v.data.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const int64_t v_batch = channels * v.ps, a_batch = g.L * attn.ps, o_batch = channels * g.plane;
-    for_row_blocks(B, g.H, rows_per_task(B, g.H, 8), [&](int64_t b, int y0, int y1, int) {
+    for_row_blocks(B, g.H, rows_per_task(B, g.H, 8), g.plane * g.L * channels / g.H, [&](int64_t b, int y0, int y1, int) {
       aggregate_rows(ap + b * a_batch + y0 * g.W, attn.ps, g.W, vp + b * v_batch, v.ps, channels, g, y0, y1,
                      op + b * o_batch);
     });
@@ -381,7 +387,7 @@ at::Tensor key_grad_cpu(const Padded& weight, const Padded& query, const Geometr
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
     const int64_t q_batch = channels * query.ps, w_batch = g.L * weight.ps, g_batch = channels * g.plane;
     const int64_t s_thread = scratch.size(1);
-    for_row_blocks(B, g.H, rows, [&](int64_t b, int y0, int y1, int thread) {
+    for_row_blocks(B, g.H, rows, g.plane * g.L * channels / g.H, [&](int64_t b, int y0, int y1, int thread) {
       key_grad_rows(wp + b * w_batch, weight.ps, qp + b * q_batch, query.ps, channels, g, y0, y1,
                     sp + thread * s_thread, gp + b * g_batch);
     });
@@ -459,7 +465,7 @@ at::Tensor cca_fused(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
     scalar_t* sp = scratch.mutable_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const int64_t q_batch = cq * q.ps, v_batch = cv * v.ps, o_batch = cv * g.plane;
-    for_row_blocks(B, g.H, rows, [&](int64_t b, int y0, int y1, int thread) {
+    for_row_blocks(B, g.H, rows, g.plane * g.L * (cq + cv) / g.H, [&](int64_t b, int y0, int y1, int thread) {
       const int n = y1 - y0;
       const int64_t zs = static_cast<int64_t>(n) * g.W;
       scalar_t* e = sp + thread * tile;
