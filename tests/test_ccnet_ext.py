@@ -302,6 +302,29 @@ def test_openmp_is_compiled_in() -> None:
     assert "gomp" in deps or "libomp" in deps or "iomp" in deps, deps
 
 
+OMP_PROBE = """
+import os, torch
+torch.set_num_threads(2)
+from impls.ccnet import ext
+ops = ext.ops()
+q, k, v = (torch.randn(2, c, 32, 32) for c in (16, 16, 32))
+before = len(os.listdir("/proc/self/task"))
+ops.cca_fused(q, k, v)
+print(before, len(os.listdir("/proc/self/task")))
+"""
+
+
+@needs_ext
+def test_parallel_for_runs_on_two_threads() -> None:
+    """With 2 threads, the first large call starts an OpenMP worker (a build without -fopenmp would not)."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to count threads")
+    proc = subprocess.run([sys.executable, "-c", OMP_PROBE], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    before, after = map(int, proc.stdout.split())
+    assert after > before, f"no worker thread started ({before} -> {after} threads): at::parallel_for ran serially"
+
+
 def test_check_cuda_compiles_the_cu_sources() -> None:
     if build.nvcc_path() is None:
         pytest.skip("nvcc not found: CUDA sources cannot be compiled here")
