@@ -248,6 +248,12 @@ TINY = """
     D = 3
     tau = 0.5
     straight_through = true
+    [[profiles.quick.cases]]
+    mechanism = "hard_attention.hard_select"
+    B = 6
+    N = 5
+    D = 3
+    ties = true
 """
 
 
@@ -268,6 +274,7 @@ def read(path: Path) -> list[dict[str, str]]:
         ("hard_glimpse_off_by_one.py", "glimpse_off_by_one", {"forward"}),
         ("hard_glimpse_linear_growth.py", "glimpse_linear_growth", {"forward"}),
         ("hard_straight_through_no_tau.py", "straight_through_no_tau", {"backward:logits"}),
+        ("hard_select_ties_highest.py", "ties_highest", {"forward"}),
     ],
 )
 def test_wrong_hard_attention_impl_is_caught(
