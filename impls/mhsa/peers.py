@@ -75,6 +75,11 @@ def probe(call: str, device: str, dtype: torch.dtype, need_weights: bool = False
 
 @functools.cache
 def _probe(call: str, device: str, dtype: torch.dtype, need_weights: bool) -> Behaviour:
+    with torch.inference_mode(False), torch.enable_grad():  # the first call may come from a no_grad pass
+        return _run_probe(call, device, dtype, need_weights)
+
+
+def _run_probe(call: str, device: str, dtype: torch.dtype, need_weights: bool) -> Behaviour:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, n, 4, generator=gen).to(dtype=dtype, device=device) for n in (2, 3, 3))
     for t in (q, k, v):
