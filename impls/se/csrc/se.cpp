@@ -1,0 +1,273 @@
+// Squeeze-and-Excitation: op schemas and CPU kernels (two sweeps over x per pass).
+//
+// Forward: pool every (b, c) plane, run the tiny MLP per b, scale every plane.
+// Backward: ds = Σ g·x per plane, the MLP transposes per b, dx = g·s + dz/HW per
+// plane, then the weight gradients summed over b. When a batch element's planes
+// fit in L2 and there is a batch element per thread, each thread does all three
+// phases for its batch elements, so the second sweep reads x (or g) from cache.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "se.h"
+
+namespace attnbench_se {
+namespace {
+
+constexpr int64_t kL2Bytes = int64_t(1) << 19;  // per-thread working set for the fused path
+
+int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(hw, 1)); }
+
+void check_weights(const char* op, const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                   const at::Tensor& w2, const std::optional<at::Tensor>& b2) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have shape [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), op, ": x must be floating point, got ", x.scalar_type());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, op, ": w1 must have shape [Cr, C] with C = ", C, ", got ", w1.sizes());
+  const int64_t Cr = w1.size(0);
+  TORCH_CHECK(Cr >= 1, op, ": the reduction leaves Cr = ", Cr, " hidden units for C = ", C,
+              " (r > C); SE needs Cr >= 1");
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == Cr, op, ": w2 must have shape [C, Cr] = [", C, ", ",
+              Cr, "], got ", w2.sizes());
+  for (const auto* t : {&w1, &w2}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": weights must have x's dtype ", x.scalar_type(), ", got ",
+                t->scalar_type());
+    TORCH_CHECK(t->device() == x.device(), op, ": weights must be on x's device ", x.device(), ", got ", t->device());
+  }
+  if (b1.has_value()) {
+    TORCH_CHECK(b1->dim() == 1 && b1->size(0) == Cr, op, ": b1 must have shape [Cr] = [", Cr, "], got ", b1->sizes());
+    TORCH_CHECK(b1->scalar_type() == x.scalar_type() && b1->device() == x.device(), op,
+                ": b1 must have x's dtype and device");
+  }
+  if (b2.has_value()) {
+    TORCH_CHECK(b2->dim() == 1 && b2->size(0) == C, op, ": b2 must have shape [C] = [", C, "], got ", b2->sizes());
+    TORCH_CHECK(b2->scalar_type() == x.scalar_type() && b2->device() == x.device(), op,
+                ": b2 must have x's dtype and device");
+  }
+}
+
+at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <typename scalar_t>
+struct Forward {
+  using acc_t = acc_type_t<scalar_t>;
+  const scalar_t* x;
+  const scalar_t* w1;
+  const scalar_t* b1;
+  const scalar_t* w2;
+  const scalar_t* b2;
+  scalar_t* out;
+  acc_t* z;
+  acc_t* u;
+  acc_t* s;
+  int64_t C, Cr, HW;
+
+  void pool(int64_t p0, int64_t p1) const {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* xp = x + p * HW;
+      acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < HW; ++i) sum += acc_t(xp[i]);
+      z[p] = sum / acc_t(HW);
+    }
+  }
+  void mlp(int64_t b) const {
+    for (int64_t r = 0; r < Cr; ++r) u[b * Cr + r] = hidden_unit<scalar_t, acc_t>(w1 + r * C, b1, z + b * C, C, r);
+    for (int64_t c = 0; c < C; ++c) s[b * C + c] = gate<scalar_t, acc_t>(w2 + c * Cr, b2, u + b * Cr, Cr, c);
+  }
+  void scale(int64_t p0, int64_t p1) const {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* xp = x + p * HW;
+      scalar_t* op = out + p * HW;
+      const acc_t sp = s[p];
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) op[i] = scalar_t(acc_t(xp[i]) * sp);
+    }
+  }
+};
+
+template <typename scalar_t>
+struct Backward {
+  using acc_t = acc_type_t<scalar_t>;
+  const scalar_t* g;
+  const scalar_t* x;
+  const scalar_t* w1;
+  const scalar_t* w2;
+  const acc_t* z;
+  const acc_t* u;
+  const acc_t* s;
+  scalar_t* dx;
+  acc_t* dp2;  // [B, C]
+  acc_t* dp1;  // [B, Cr]
+  acc_t* dz;   // [B, C]
+  int64_t C, Cr, HW;
+
+  void gate_grad(int64_t p0, int64_t p1) const {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* gp = g + p * HW;
+      const scalar_t* xp = x + p * HW;
+      acc_t ds = 0;
+#pragma omp simd reduction(+ : ds)
+      for (int64_t i = 0; i < HW; ++i) ds += acc_t(gp[i]) * acc_t(xp[i]);
+      dp2[p] = gate_pre_grad(ds, s[p]);
+    }
+  }
+  void mlp(int64_t b) const {
+    for (int64_t r = 0; r < Cr; ++r) dp1[b * Cr + r] = hidden_pre_grad(w2, dp2 + b * C, u[b * Cr + r], C, Cr, r);
+    for (int64_t c = 0; c < C; ++c) dz[b * C + c] = pooled_grad(w1, dp1 + b * Cr, C, Cr, c);
+  }
+  void input_grads(int64_t p0, int64_t p1) const {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* gp = g + p * HW;
+      scalar_t* dxp = dx + p * HW;
+      const acc_t sp = s[p];
+      const acc_t spread = dz[p] / acc_t(HW);
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) dxp[i] = scalar_t(input_grad(acc_t(gp[i]), sp, spread));
+    }
+  }
+};
+
+// Runs phase A over planes, the per-b step, phase B over planes: fused per batch
+// element (cache-resident second sweep) or as three parallel sweeps.
+template <typename A, typename M, typename Bf>
+void two_sweeps(int64_t B, int64_t C, int64_t HW, int64_t plane_bytes, const A& sweep_a, const M& per_b,
+                const Bf& sweep_b) {
+  const bool fused = B >= at::get_num_threads() && C * plane_bytes <= kL2Bytes;
+  if (fused) {
+    // grain: small problems run inline (waking the thread pool costs more than they do)
+    at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C * HW, 1)), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        sweep_a(b * C, (b + 1) * C);
+        per_b(b);
+        sweep_b(b * C, (b + 1) * C);
+      }
+    });
+    return;
+  }
+  const int64_t grain = plane_grain(HW);
+  at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { sweep_a(p0, p1); });
+  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C * HW, 1)), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) per_b(b);
+  });
+  at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { sweep_b(p0, p1); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(const at::Tensor& x_, const at::Tensor& w1_,
+                                                                          const std::optional<at::Tensor>& b1_,
+                                                                          const at::Tensor& w2_,
+                                                                          const std::optional<at::Tensor>& b2_) {
+  check_weights("se_forward", x_, w1_, b1_, w2_, b2_);
+  TORCH_CHECK(x_.device().is_cpu(), "se_forward: CPU kernel got x on ", x_.device());
+  const at::Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  const at::Tensor b1 = b1_.has_value() ? b1_->contiguous() : at::Tensor();
+  const at::Tensor b2 = b2_.has_value() ? b2_->contiguous() : at::Tensor();
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Cr = w1.size(0);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto st = x.options().dtype(stats_type(x.scalar_type()));
+  at::Tensor z = at::empty({B, C}, st), u = at::empty({B, Cr}, st), s = at::empty({B, C}, st);
+  TORCH_CHECK(HW > 0, "se_forward: x must have H·W > 0, got ", x.sizes());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "se_forward", [&] {
+    using acc_t = acc_type_t<scalar_t>;
+    Forward<scalar_t> f{x.data_ptr<scalar_t>(),
+                        w1.data_ptr<scalar_t>(),
+                        b1.defined() ? b1.data_ptr<scalar_t>() : nullptr,
+                        w2.data_ptr<scalar_t>(),
+                        b2.defined() ? b2.data_ptr<scalar_t>() : nullptr,
+                        out.data_ptr<scalar_t>(),
+                        z.data_ptr<acc_t>(),
+                        u.data_ptr<acc_t>(),
+                        s.data_ptr<acc_t>(),
+                        C,
+                        Cr,
+                        HW};
+    two_sweeps(
+        B, C, HW, HW * int64_t(sizeof(scalar_t)), [&](int64_t p0, int64_t p1) { f.pool(p0, p1); },
+        [&](int64_t b) { f.mlp(b); }, [&](int64_t p0, int64_t p1) { f.scale(p0, p1); });
+  });
+  return {out, z, u, s};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& w2_,
+    const at::Tensor& z_, const at::Tensor& u_, const at::Tensor& s_) {
+  check_weights("se_backward", x_, w1_, std::nullopt, w2_, std::nullopt);
+  TORCH_CHECK(x_.device().is_cpu(), "se_backward: CPU kernel got x on ", x_.device());
+  TORCH_CHECK(grad_out_.sizes() == x_.sizes(), "se_backward: grad_out must have x's shape ", x_.sizes(), ", got ",
+              grad_out_.sizes());
+  TORCH_CHECK(grad_out_.scalar_type() == x_.scalar_type(), "se_backward: grad_out must have dtype ",
+              x_.scalar_type(), ", got ", grad_out_.scalar_type());
+  const int64_t B = x_.size(0), C = x_.size(1), HW = x_.size(2) * x_.size(3), Cr = w1_.size(0);
+  const auto stype = stats_type(x_.scalar_type());
+  const std::vector<std::pair<const at::Tensor*, std::vector<int64_t>>> stats = {
+      {&z_, {B, C}}, {&u_, {B, Cr}}, {&s_, {B, C}}};
+  for (const auto& [t, shape] : stats) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(shape) && t->scalar_type() == stype, "se_backward: saved z/u/s must be ",
+                stype, " of shape ", at::IntArrayRef(shape), ", got ", t->scalar_type(), " ", t->sizes());
+  }
+  const at::Tensor g = grad_out_.contiguous(), x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  const at::Tensor z = z_.contiguous(), u = u_.contiguous(), s = s_.contiguous();
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor dw1 = at::empty_like(w1, at::MemoryFormat::Contiguous), db1 = at::empty({Cr}, w1.options());
+  at::Tensor dw2 = at::empty_like(w2, at::MemoryFormat::Contiguous), db2 = at::empty({C}, w1.options());
+  const auto st = x.options().dtype(stype);
+  at::Tensor dp2 = at::empty({B, C}, st), dp1 = at::empty({B, Cr}, st), dz = at::empty({B, C}, st);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "se_backward", [&] {
+    using acc_t = acc_type_t<scalar_t>;
+    Backward<scalar_t> k{g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w1.data_ptr<scalar_t>(),
+                         w2.data_ptr<scalar_t>(), z.data_ptr<acc_t>(), u.data_ptr<acc_t>(),
+                         s.data_ptr<acc_t>(),     dx.data_ptr<scalar_t>(), dp2.data_ptr<acc_t>(),
+                         dp1.data_ptr<acc_t>(),   dz.data_ptr<acc_t>(),  C,
+                         Cr,                      HW};
+    two_sweeps(
+        B, C, HW, 2 * HW * int64_t(sizeof(scalar_t)), [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); },
+        [&](int64_t b) { k.mlp(b); }, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
+    // weight gradients: sums over the batch of outer products (B·C·Cr, small)
+    const acc_t* P2 = dp2.data_ptr<acc_t>();
+    const acc_t* P1 = dp1.data_ptr<acc_t>();
+    const acc_t* Z = z.data_ptr<acc_t>();
+    const acc_t* U = u.data_ptr<acc_t>();
+    scalar_t* DW1 = dw1.data_ptr<scalar_t>();
+    scalar_t* DW2 = dw2.data_ptr<scalar_t>();
+    scalar_t* DB1 = db1.data_ptr<scalar_t>();
+    scalar_t* DB2 = db2.data_ptr<scalar_t>();
+    at::parallel_for(0, C, std::max<int64_t>(16, 32768 / std::max<int64_t>(B * Cr, 1)), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t bias = 0;
+        for (int64_t b = 0; b < B; ++b) bias += P2[b * C + c];
+        DB2[c] = scalar_t(bias);
+        for (int64_t r = 0; r < Cr; ++r) {
+          acc_t w2g = 0, w1g = 0;
+          for (int64_t b = 0; b < B; ++b) {
+            w2g += P2[b * C + c] * U[b * Cr + r];
+            w1g += P1[b * Cr + r] * Z[b * C + c];
+          }
+          DW2[c * Cr + r] = scalar_t(w2g);
+          DW1[r * C + c] = scalar_t(w1g);
+        }
+      }
+    });
+    for (int64_t r = 0; r < Cr; ++r) {
+      acc_t bias = 0;
+      for (int64_t b = 0; b < B; ++b) bias += P1[b * Cr + r];
+      DB1[r] = scalar_t(bias);
+    }
+  });
+  return {dx, dw1, db1, dw2, db2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(attnbench_se, m) {
+  m.def("se_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2) -> (Tensor out, Tensor z, Tensor u, Tensor s)");
+  m.def(
+      "se_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor w2, Tensor z, Tensor u, Tensor s) -> (Tensor dx, "
+      "Tensor dw1, Tensor db1, Tensor dw2, Tensor db2)");
+}
+
+TORCH_LIBRARY_IMPL(attnbench_se, CPU, m) {
+  m.impl("se_forward", &se_forward_cpu);
+  m.impl("se_backward", &se_backward_cpu);
+}
+
+}  // namespace attnbench_se

@@ -1,0 +1,205 @@
+"""Squeeze-and-Excitation: the ext's ops, Cr < 1 rejection, cost models, mutations.
+
+Equivalence of every impl with the naive reference on the suite's quick cases
+is tested by tests/test_impls.py; this file tests what is specific to SE.
+Build-dependent tests skip with the compiler's message where the extension
+cannot be built.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench import build
+from attnbench.cases import Case
+from attnbench.registry import REGISTRY
+from impls.se import ext
+from impls.se.mechanism import flops, make_inputs, memory, module_inputs, naive_work, traffic
+
+from .conftest import EXAMPLES
+
+REASON = build.unavailable_reason("se")
+needs_ext = pytest.mark.skipif(REASON is not None, reason=f"se extension unavailable: {REASON}")
+
+GRADCHECK = [(2, 4, 2, 3, 5, True), (1, 12, 5, 1, 9, True), (2, 4, 2, 3, 5, False)]  # specs/se.md §4
+
+
+def case_of(B: int, C: int, Cr: int, H: int, W: int, bias: bool = True) -> Case:
+    return Case("se", "se", {"B": B, "C": C, "Cr": Cr, "H": H, "W": W, "bias": bias})
+
+
+def ids(shape: tuple[object, ...]) -> str:
+    return "B={},C={},Cr={},H={},W={},bias={}".format(*shape)
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the extension ---------------------------------------------------------------------
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", GRADCHECK, ids=ids)
+def test_opcheck_every_op(shape: tuple[int, int, int, int, int, bool]) -> None:
+    samples = ext._opcheck_samples(case_of(*shape), torch.float64, "cpu")
+    names = {op.__name__ for op, _, _ in samples}
+    assert names == {"se_forward.default", "se_backward.default"}, names
+    assert any(isinstance(t, torch.Tensor) and not t.is_contiguous() for _, a, _ in samples for t in a)
+    for op, args, kwargs in samples:
+        torch.library.opcheck(op, args, kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", GRADCHECK, ids=ids)
+def test_gradcheck_through_ext(shape: tuple[int, int, int, int, int, bool]) -> None:
+    inputs = make_inputs(case_of(*shape)).to(torch.float64, "cpu")
+    t = inputs.tensors
+    diff = [n for n in t if n in inputs.differentiable]
+
+    def fn(*args: torch.Tensor) -> torch.Tensor:
+        full = dict(t)
+        full.update(zip(diff, args, strict=True))
+        return ext.se_ext(*full.values())
+
+    assert torch.autograd.gradcheck(fn, tuple(t[n] for n in diff), nondet_tol=1e-12)
+
+
+@needs_ext
+def test_ext_matches_vectorized_on_a_larger_case_and_writes_everything() -> None:
+    from impls.se.vectorized import se_vectorized
+
+    inputs = make_inputs(case_of(4, 64, 4, 13, 11)).to(torch.float32, "cpu")
+    args = [t.detach() for t in inputs.tensors.values()]
+    out = ext.se_ext(*args)
+    torch.testing.assert_close(out, se_vectorized(*args), rtol=1e-5, atol=1e-5)
+    # channels_last input: read through .contiguous(), not misread
+    x_cl = args[0].to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ext.se_ext(x_cl, *args[1:]), out)
+
+
+@needs_ext
+def test_ext_checks_its_inputs() -> None:
+    t = {k: v.float() for k, v in make_inputs(case_of(2, 4, 2, 3, 5)).tensors.items()}
+    with pytest.raises(RuntimeError, match=r"se_forward: w2 must have shape \[C, Cr\]"):
+        torch.ops.attnbench_se.se_forward(t["x"], t["w1"], t["b1"], t["w2"].T.contiguous(), t["b2"])
+    with pytest.raises(RuntimeError, match="se_forward: weights must have x's dtype"):
+        torch.ops.attnbench_se.se_forward(t["x"], t["w1"].double(), t["b1"], t["w2"], t["b2"])
+
+
+# -- Cr < 1 is rejected ------------------------------------------------------------------
+
+
+def test_every_impl_rejects_zero_hidden_units() -> None:
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    w1, w2 = torch.zeros(0, 8, dtype=torch.float64), torch.zeros(8, 0, dtype=torch.float64)
+    b1, b2 = torch.zeros(0, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    checked = []
+    for impl in REGISTRY.impls_for("se"):
+        if not impl.builtin or (impl.available is not None and impl.available()):
+            continue
+        with pytest.raises(ValueError, match=r"Cr = C // r = 0 hidden units for C = 8, r > C = 8") as info:
+            impl.fn(x, w1, b1, w2, b2)
+        assert "Cr >= 1" in str(info.value)
+        checked.append(impl.name)
+    assert {"naive", "vectorized", "conv_module"} <= set(checked)
+    if REASON is None:
+        assert "ext" in checked
+        with pytest.raises(RuntimeError, match="se_forward: the reduction leaves Cr = 0 hidden units for C = 8"):
+            ext.ensure_loaded()
+            torch.ops.attnbench_se.se_forward(x, w1, None, w2, None)
+
+
+def test_module_rejects_zero_hidden_units() -> None:
+    case = Case(
+        "se", "se_basic_block", {"B": 2, "C": 8, "H": 3, "W": 5, "r": 16, "bias": True}, tags=frozenset({"module"})
+    )
+    with pytest.raises(ValueError, match=r"se_basic_block: .*Cr = C // r = 0 hidden units for C = 8, r = 16"):
+        module_inputs(case)
+
+
+# -- cost models ----------------------------------------------------------------------
+
+
+def test_cost_and_traffic_models() -> None:
+    case = case_of(2, 64, 4, 7, 9)
+    n = 2 * 64 * 7 * 9
+    assert naive_work(case) == 2 * n + 2 * 2 * 64 * 4
+    assert flops(case) == pytest.approx(2 * n + 4 * 2 * 64 * 4 + 4 * 2 * 64 + 2 * 2 * 4)
+    weights = 2 * 64 * 4 + 4 + 64
+    assert traffic(case, torch.float32, "fwd") == 4 * (3 * n + weights)
+    assert traffic(case, torch.float64, "fwd+bwd") == 8 * (7 * n + 3 * weights)
+    assert traffic(case_of(2, 64, 4, 7, 9, bias=False), torch.float32, "fwd") == 4 * (3 * n + 2 * 64 * 4)
+    # linear in B·H·W at fixed weights; memory model has no attention map
+    assert traffic(case_of(4, 64, 4, 7, 9), torch.float32, "fwd") - 4 * weights == 2 * (
+        traffic(case, torch.float32, "fwd") - 4 * weights
+    )
+    model = memory(case, torch.float32)
+    assert "attention_map" not in model and model["gate_stats"] == 4 * 2 * (2 * 64 + 4)
+
+
+def test_inputs_keep_relu_away_from_its_kink() -> None:
+    for shape in GRADCHECK:
+        t = make_inputs(case_of(*shape)).tensors
+        b1 = t["b1"] if t["b1"].numel() else 0.0
+        pre = t["x"].mean((2, 3)) @ t["w1"].T + b1
+        assert float(pre.abs().min()) >= 1e-3
+
+
+# -- mutations caught through --impl ------------------------------------------------------
+
+TINY_SE = """
+    name = "tiny_se"
+    mechanisms = ["se"]
+    [checks]
+    timing = false
+    memory = false
+    scaling = false
+    gradcheck = false
+    modules = false
+    opcheck = false
+    [profiles.quick]
+    dtypes = ["float64"]
+    [[profiles.quick.cases]]
+    B = 2
+    C = 4
+    Cr = 2
+    H = 3
+    W = 5
+    [[profiles.quick.cases]]
+    B = 2
+    C = 16
+    Cr = 1
+    H = 7
+    W = 3
+    bias = false
+"""
+
+
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [
+        ("se_per_pixel_gate.py", "per_pixel_gate"),
+        ("se_max_pool.py", "max_pool"),
+        ("se_softmax_gate.py", "softmax_gate"),
+    ],
+)
+def test_wrong_se_is_caught(
+    run_cli: Callable[..., int], write_suite: Callable[[str], Path], tmp_path: Path, file: str, name: str
+) -> None:
+    suite = write_suite(TINY_SE)
+    out = tmp_path / "out"
+    code = run_cli(
+        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
+    )
+    assert code == 1
+    rows = read(out / "checks.csv")
+    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    assert "forward" in failed, failed
+    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
