@@ -1,0 +1,221 @@
+// Residual attention: op schemas and CPU kernels.
+//
+// mixed: one elementwise sweep. channel: per (b, block of positions) a sweep over
+// the C planes for Σ m², then the output sweep (the block's C×kBlock values stay
+// in L1/L2). spatial: per (b, c) plane, mean and biased variance, then the output
+// sweep (the plane stays in cache). Backward recomputes f from m and the saved
+// statistics (no f tensor is stored) with the same blocking.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "residual_attention.h"
+
+namespace attnbench_ran {
+namespace {
+
+constexpr int64_t kBlock = 256;  // positions per channel-kind task
+
+const char* kind_name(int64_t kind) {
+  return kind == kMixed ? "mixed" : kind == kChannel ? "channel" : kind == kSpatial ? "spatial" : "?";
+}
+
+void check_pair(const char* op, const at::Tensor& trunk, const at::Tensor& mask, int64_t kind) {
+  TORCH_CHECK(kind == kMixed || kind == kChannel || kind == kSpatial, op,
+              ": kind must be 0 (mixed), 1 (channel) or 2 (spatial), got ", kind);
+  TORCH_CHECK(trunk.dim() == 4, op, ": trunk must have shape [B, C, H, W], got ", trunk.sizes());
+  TORCH_CHECK(mask.sizes() == trunk.sizes(), op, ": mask_logits must have trunk's shape ", trunk.sizes(), ", got ",
+              mask.sizes());
+  TORCH_CHECK(trunk.is_floating_point(), op, ": trunk must be floating point, got ", trunk.scalar_type());
+  TORCH_CHECK(mask.scalar_type() == trunk.scalar_type(), op, ": mask_logits must have trunk's dtype ",
+              trunk.scalar_type(), ", got ", mask.scalar_type());
+  TORCH_CHECK(mask.device() == trunk.device(), op, ": mask_logits must be on trunk's device ", trunk.device(),
+              ", got ", mask.device());
+}
+
+at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::vector<int64_t> stats_shape(const at::Tensor& trunk, int64_t kind) {
+  if (kind == kChannel) return {trunk.size(0), trunk.size(2), trunk.size(3)};
+  if (kind == kSpatial) return {trunk.size(0), trunk.size(1), 2};
+  return {0};
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* T, const scalar_t* M, scalar_t* O, acc_type_t<scalar_t>* S, int64_t B, int64_t C,
+                    int64_t HW, int64_t kind) {
+  using acc_t = acc_type_t<scalar_t>;
+  if (kind == kMixed) {
+    at::parallel_for(0, B * C * HW, 32768, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) O[i] = scalar_t(mixed_out(acc_t(T[i]), acc_t(M[i])));
+    });
+  } else if (kind == kChannel) {
+    const int64_t blocks = (HW + kBlock - 1) / kBlock;
+    at::parallel_for(0, B * blocks, std::max<int64_t>(1, 16384 / (C * kBlock)), [&](int64_t k0, int64_t k1) {
+      acc_t norm[kBlock];
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t b = k / blocks, i0 = (k % blocks) * kBlock, n = std::min(kBlock, HW - i0);
+        std::fill(norm, norm + n, acc_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* m = M + (b * C + c) * HW + i0;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) norm[j] += acc_t(m[j]) * acc_t(m[j]);
+        }
+        for (int64_t j = 0; j < n; ++j) norm[j] = clamped_norm(norm[j]);
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t off = (b * C + c) * HW + i0;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) O[off + j] = scalar_t(channel_out(acc_t(T[off + j]), acc_t(M[off + j]), norm[j]));
+        }
+        std::copy(norm, norm + n, S + b * HW + i0);
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, std::max<int64_t>(1, 16384 / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const scalar_t* m = M + p * HW;
+        const scalar_t* t = T + p * HW;
+        scalar_t* o = O + p * HW;
+        acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < HW; ++i) sum += acc_t(m[i]);
+        const acc_t mean = sum / acc_t(HW);
+        acc_t sq = 0;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t i = 0; i < HW; ++i) sq += (acc_t(m[i]) - mean) * (acc_t(m[i]) - mean);
+        const acc_t rstd = inv_std(sq / acc_t(HW));
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) o[i] = scalar_t(spatial_out(acc_t(t[i]), acc_t(m[i]), mean, rstd));
+        S[2 * p] = mean;
+        S[2 * p + 1] = rstd;
+      }
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* G, const scalar_t* T, const scalar_t* M, const acc_type_t<scalar_t>* S,
+                     scalar_t* DT, scalar_t* DM, int64_t B, int64_t C, int64_t HW, int64_t kind) {
+  using acc_t = acc_type_t<scalar_t>;
+  if (kind == kMixed) {
+    at::parallel_for(0, B * C * HW, 32768, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        acc_t dt, dm;
+        mixed_grads(acc_t(G[i]), acc_t(T[i]), acc_t(M[i]), dt, dm);
+        DT[i] = scalar_t(dt);
+        DM[i] = scalar_t(dm);
+      }
+    });
+  } else if (kind == kChannel) {
+    const int64_t blocks = (HW + kBlock - 1) / kBlock;
+    at::parallel_for(0, B * blocks, std::max<int64_t>(1, 16384 / (C * kBlock)), [&](int64_t k0, int64_t k1) {
+      acc_t dot[kBlock];
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t b = k / blocks, i0 = (k % blocks) * kBlock, n = std::min(kBlock, HW - i0);
+        const acc_t* norm = S + b * HW + i0;
+        std::fill(dot, dot + n, acc_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t off = (b * C + c) * HW + i0;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j)
+            dot[j] += channel_dot_term(acc_t(G[off + j]), acc_t(T[off + j]), acc_t(M[off + j]), norm[j]);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t off = (b * C + c) * HW + i0;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            acc_t dt, dm;
+            channel_grads(acc_t(G[off + j]), acc_t(T[off + j]), acc_t(M[off + j]), norm[j], dot[j], dt, dm);
+            DT[off + j] = scalar_t(dt);
+            DM[off + j] = scalar_t(dm);
+          }
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, std::max<int64_t>(1, 8192 / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t off = p * HW;
+        const acc_t mean = S[2 * p], rstd = S[2 * p + 1];
+        acc_t sum_h = 0, sum_hx = 0;
+#pragma omp simd reduction(+ : sum_h, sum_hx)
+        for (int64_t i = 0; i < HW; ++i) {
+          acc_t h, xhat;
+          spatial_h(acc_t(G[off + i]), acc_t(T[off + i]), acc_t(M[off + i]), mean, rstd, h, xhat);
+          sum_h += h;
+          sum_hx += h * xhat;
+        }
+        const acc_t mean_h = sum_h / acc_t(HW), mean_hx = sum_hx / acc_t(HW);
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) {
+          acc_t dt, dm;
+          spatial_grads(acc_t(G[off + i]), acc_t(T[off + i]), acc_t(M[off + i]), mean, rstd, mean_h, mean_hx, dt,
+                        dm);
+          DT[off + i] = scalar_t(dt);
+          DM[off + i] = scalar_t(dm);
+        }
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> ran_forward_cpu(const at::Tensor& trunk_, const at::Tensor& mask_, int64_t kind) {
+  check_pair("ran_forward", trunk_, mask_, kind);
+  TORCH_CHECK(trunk_.device().is_cpu(), "ran_forward: CPU kernel got trunk on ", trunk_.device());
+  const at::Tensor trunk = trunk_.contiguous(), mask = mask_.contiguous();
+  const int64_t B = trunk.size(0), C = trunk.size(1), HW = trunk.size(2) * trunk.size(3);
+  at::Tensor out = at::empty_like(trunk, at::MemoryFormat::Contiguous);
+  at::Tensor stats = at::empty(stats_shape(trunk, kind), trunk.options().dtype(stats_type(trunk.scalar_type())));
+  if (out.numel() == 0) return {out, stats};
+  AT_DISPATCH_FLOATING_TYPES(trunk.scalar_type(), "ran_forward", [&] {
+    forward_kernel<scalar_t>(trunk.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                             stats.data_ptr<acc_type_t<scalar_t>>(), B, C, HW, kind);
+  });
+  return {out, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> ran_backward_cpu(const at::Tensor& grad_out_, const at::Tensor& trunk_,
+                                                    const at::Tensor& mask_, const at::Tensor& stats_, int64_t kind) {
+  check_pair("ran_backward", trunk_, mask_, kind);
+  TORCH_CHECK(trunk_.device().is_cpu(), "ran_backward: CPU kernel got trunk on ", trunk_.device());
+  TORCH_CHECK(grad_out_.sizes() == trunk_.sizes() && grad_out_.scalar_type() == trunk_.scalar_type(),
+              "ran_backward: grad_out must be ", trunk_.scalar_type(), " of shape ", trunk_.sizes(), ", got ",
+              grad_out_.scalar_type(), " ", grad_out_.sizes());
+  const auto shape = stats_shape(trunk_, kind);
+  TORCH_CHECK(stats_.sizes() == at::IntArrayRef(shape) && stats_.scalar_type() == stats_type(trunk_.scalar_type()),
+              "ran_backward: stats for kind ", kind_name(kind), " must be ", stats_type(trunk_.scalar_type()),
+              " of shape ", at::IntArrayRef(shape), ", got ", stats_.scalar_type(), " ", stats_.sizes());
+  const at::Tensor g = grad_out_.contiguous(), trunk = trunk_.contiguous(), mask = mask_.contiguous();
+  const at::Tensor stats = stats_.contiguous();
+  const int64_t B = trunk.size(0), C = trunk.size(1), HW = trunk.size(2) * trunk.size(3);
+  at::Tensor dt = at::empty_like(trunk, at::MemoryFormat::Contiguous);
+  at::Tensor dm = at::empty_like(trunk, at::MemoryFormat::Contiguous);
+  if (dt.numel() == 0) return {dt, dm};
+  AT_DISPATCH_FLOATING_TYPES(trunk.scalar_type(), "ran_backward", [&] {
+    backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), trunk.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(),
+                              stats.data_ptr<acc_type_t<scalar_t>>(), dt.data_ptr<scalar_t>(), dm.data_ptr<scalar_t>(),
+                              B, C, HW, kind);
+  });
+  return {dt, dm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(attnbench_residual_attention, m) {
+  m.def("ran_forward(Tensor trunk, Tensor mask_logits, int kind) -> (Tensor out, Tensor stats)");
+  m.def(
+      "ran_backward(Tensor grad_out, Tensor trunk, Tensor mask_logits, Tensor stats, int kind) -> (Tensor "
+      "grad_trunk, Tensor grad_mask_logits)");
+}
+
+TORCH_LIBRARY_IMPL(attnbench_residual_attention, CPU, m) {
+  m.impl("ran_forward", &ran_forward_cpu);
+  m.impl("ran_backward", &ran_backward_cpu);
+}
+
+}  // namespace attnbench_ran

@@ -1,0 +1,174 @@
+"""Residual attention: the ext's ops, gradcheck through it, cost models, mutations.
+
+Equivalence of every impl with the naive reference on the suite's quick cases
+is tested by tests/test_impls.py; this file tests what is specific to the
+mechanism. Build-dependent tests skip with the compiler's message where the
+extension cannot be built.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench import build
+from attnbench.cases import Case
+from impls.residual_attention import ext
+from impls.residual_attention.mechanism import KINDS, flops, make_inputs, memory, naive_work, traffic
+from impls.residual_attention.vectorized import ran_vectorized
+
+from .conftest import EXAMPLES
+
+REASON = build.unavailable_reason("residual_attention")
+needs_ext = pytest.mark.skipif(REASON is not None, reason=f"residual_attention extension unavailable: {REASON}")
+
+GRADCHECK = [(2, 3, 4, 5), (1, 8, 6, 3)]  # specs/residual_attention.md §4
+
+
+def case_of(B: int, C: int, H: int, W: int, kind: str) -> Case:
+    return Case("residual_attention", "ran", {"B": B, "C": C, "H": H, "W": W, "kind": kind})
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the extension ---------------------------------------------------------------------
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", GRADCHECK, ids=str)
+def test_opcheck_every_op(shape: tuple[int, int, int, int], kind: str) -> None:
+    samples = ext._opcheck_samples(case_of(*shape, kind), torch.float64, "cpu")
+    assert {op.__name__ for op, _, _ in samples} == {"ran_forward.default", "ran_backward.default"}
+    assert any(isinstance(t, torch.Tensor) and not t.is_contiguous() for _, a, _ in samples for t in a)
+    for op, args, kwargs in samples:
+        torch.library.opcheck(op, args, kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", GRADCHECK, ids=str)
+def test_gradcheck_through_ext(shape: tuple[int, int, int, int], kind: str) -> None:
+    trunk, mask = make_inputs(case_of(*shape, kind)).to(torch.float64, "cpu").tensors.values()
+    assert torch.autograd.gradcheck(lambda t, m: ext.ran_ext(t, m, kind), (trunk, mask), nondet_tol=1e-12)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", KINDS)
+def test_ext_float32_on_a_larger_case(kind: str) -> None:
+    """Blocks of 256 positions (channel) and many planes (spatial): a non-multiple size, channels_last input."""
+    inputs = make_inputs(case_of(3, 37, 19, 23, kind)).to(torch.float32, "cpu")
+    trunk, mask = (t.detach() for t in inputs.tensors.values())
+    expected = ran_vectorized(trunk, mask, kind)
+    torch.testing.assert_close(ext.ran_ext(trunk, mask, kind), expected, rtol=1e-5, atol=1e-5)
+    cl = trunk.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ext.ran_ext(cl, mask, kind), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+def test_channel_kind_at_zero_norm_has_finite_gradients() -> None:
+    """m = 0 at a position: the norm is clamped at 1e-12, f = 0; gradients stay finite (as F.normalize)."""
+    trunk = torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    mask[:, :, 0, 0] = 0.0
+    mask.requires_grad_(True)
+    out = ext.ran_ext(trunk, mask, "channel")
+    ref_t = trunk.detach().clone().requires_grad_(True)
+    ref_m = mask.detach().clone().requires_grad_(True)
+    ref = (1 + torch.nn.functional.normalize(ref_m, dim=1)) * ref_t
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (trunk, mask), g)
+    want = torch.autograd.grad(ref, (ref_t, ref_m), g)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@needs_ext
+def test_ext_checks_its_inputs() -> None:
+    trunk, mask = (t.float() for t in make_inputs(case_of(2, 3, 4, 5, "mixed")).tensors.values())
+    ops = torch.ops.attnbench_residual_attention
+    with pytest.raises(RuntimeError, match=r"ran_forward: kind must be 0 \(mixed\), .* or 2 \(spatial\), got 7"):
+        ops.ran_forward(trunk, mask, 7)
+    with pytest.raises(RuntimeError, match="ran_forward: mask_logits must have trunk's shape"):
+        ops.ran_forward(trunk, mask[:, :2], 0)
+    with pytest.raises(RuntimeError, match="ran_forward: mask_logits must have trunk's dtype"):
+        ops.ran_forward(trunk, mask.double(), 0)
+    with pytest.raises(ValueError, match="kind must be one of mixed, channel, spatial"):
+        ext.ran_ext(trunk, mask, "both")
+
+
+# -- cost models ----------------------------------------------------------------------
+
+
+def test_cost_and_traffic_models() -> None:
+    n = 2 * 3 * 4 * 5
+    assert naive_work(case_of(2, 3, 4, 5, "spatial")) == 3 * n
+    assert flops(case_of(2, 3, 4, 5, "mixed")) == 6 * n
+    assert traffic(case_of(2, 3, 4, 5, "mixed"), torch.float32, "fwd") == 3 * n * 4
+    assert traffic(case_of(2, 3, 4, 5, "mixed"), torch.float32, "fwd+bwd") == 8 * n * 4
+    for kind in ("channel", "spatial"):
+        assert traffic(case_of(2, 3, 4, 5, kind), torch.float16, "fwd") == 4 * n * 2
+        assert traffic(case_of(2, 3, 4, 5, kind), torch.float64, "fwd+bwd") == 12 * n * 8
+    assert memory(case_of(2, 3, 4, 5, "channel"), torch.float32)["ext_stats"] == 2 * 4 * 5 * 4
+    assert memory(case_of(2, 3, 4, 5, "spatial"), torch.float32)["ext_stats"] == 2 * 2 * 3 * 4
+
+
+# -- mutations caught through --impl ------------------------------------------------------
+
+TINY_RAN = """
+    name = "tiny_ran"
+    mechanisms = ["residual_attention"]
+    [checks]
+    timing = false
+    memory = false
+    scaling = false
+    gradcheck = false
+    modules = false
+    opcheck = false
+    properties = false
+    [profiles.quick]
+    dtypes = ["float64"]
+    [[profiles.quick.grids]]
+    "B,C,H,W" = [[2, 3, 4, 5], [1, 5, 2, 2]]
+    kind = ["mixed", "channel", "spatial"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "kinds"),
+    [
+        ("ran_no_residual.py", "no_residual", {"mixed", "channel", "spatial"}),
+        ("ran_swapped_norm.py", "swapped_norm", {"channel", "spatial"}),
+        ("ran_unbiased_var.py", "unbiased_var", {"spatial"}),
+    ],
+)
+def test_wrong_ran_is_caught(
+    run_cli: Callable[..., int],
+    write_suite: Callable[[str], Path],
+    tmp_path: Path,
+    file: str,
+    name: str,
+    kinds: set[str],
+) -> None:
+    suite = write_suite(TINY_RAN)
+    out = tmp_path / "out"
+    code = run_cli(
+        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
+    )
+    assert code == 1
+    rows = read(out / "checks.csv")
+    failed_kinds = {
+        r["case"].split("kind=")[1].split(",")[0]
+        for r in rows
+        if r["impl"] == name and r["check"] == "forward" and r["status"] == "fail"
+    }
+    assert failed_kinds == kinds
+    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
