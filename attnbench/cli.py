@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md and plots from CSV (merges shard folders)")
     rep.add_argument("dirs", nargs="+", help="result folder(s); several are merged into --out")
     rep.add_argument("--out", metavar="DIR", help="merged result folder (default: the single DIR)")
+    rep.add_argument(
+        "--benchmark-json",
+        metavar="FILE",
+        help="also export perf.csv as a pytest-benchmark JSON file (for --benchmark-compare)",
+    )
 
     for extra in _EXTRA_COMMANDS:
         extra(sub)
@@ -236,10 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     max_memory = _parse_bytes(args.max_memory) or suite.memory_budget
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout}: must be positive seconds")
-    if args.executor == "ray":
-        from attnbench import distributed
-
-        return distributed.run_ray(args, suite, profile)
+    if args.shards is not None and (args.executor != "ray" or args.shards < 1):
+        raise UsageError("--shards N (N >= 1) goes with --executor ray; for one shard of a local run use --shard I/N")
     options = runner.Options(only=only, devices=(args.device,) if args.device else None, max_memory=max_memory)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     tasks = runner.plan(suite, profile, options)
@@ -280,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar = progress.add_task(f"{suite.name} [{profile.name}]", total=len(pending))
             for task, rows in executor(pending, ctx):
                 for row in rows:
-                    row.fingerprint = env["fingerprint"]
+                    row.fingerprint = row.fingerprint or env["fingerprint"]  # remote workers set their own
                 writer.write(rows)
                 done_log.write(task.key + "\n")
                 done_log.flush()
@@ -302,9 +305,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.baseline:
         from attnbench.report import compare
 
-        regression, fail = compare.gate(Path(args.baseline), out, suite, force=args.force, console=console)
+        by_key = {(t.impl, t.case.shape_id, t.dtype, t.device): t for t in tasks if t.kind == "case"}
+
+        def again(v: compare.PerfVerdict) -> list[float] | None:
+            task = by_key.get((v.impl, v.case, v.dtype, v.device))
+            return runner.remeasure(task, ctx, v.pass_) if task else None
+
+        regression, fail = compare.gate(
+            Path(args.baseline), out, suite, force=args.force, console=console, remeasure=again
+        )
         if fail:
-            checks_rows = checks_rows + [{"status": "fail", "expected": ""}]
+            checks_rows = checks_rows + [{"status": "fail", "expected": "", "check": "baseline"}]
     code = exit_code(checks_rows, regression)
     summary(out, suite.name, profile.name, time.perf_counter() - start, len(done), code)
     return code
@@ -321,6 +332,10 @@ def argv_is_cli() -> bool:
 def _executor(args: argparse.Namespace, ctx: runner.Context, threads: int) -> Any:
     """In-process with ``--isolate none``; otherwise a reusable worker process (crash/hang isolation)."""
     timeout = args.timeout or ctx.suite.timeout_s
+    if args.executor == "ray":
+        from attnbench import distributed
+
+        return distributed.ray_executor(args, ctx, threads, timeout, list(REGISTRY.user_files))
     if args.isolate == "none":
         if timeout is not None:
             raise UsageError("--timeout needs worker processes; drop --isolate none")
@@ -468,14 +483,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(out)
     code = exit_code(read_rows(out / "checks.csv"))
     console.print(f"report: {path}")
+    if args.benchmark_json:
+        from attnbench.report import benchmark_json
+
+        console.print(f"pytest-benchmark JSON: {benchmark_json.export(out, Path(args.benchmark_json))}")
     return code
 
 
 def _register_extra_commands() -> None:
     from attnbench import build
+    from attnbench.report import compare
 
-    _EXTRA_COMMANDS.append(build.add_command)
+    _EXTRA_COMMANDS.extend([build.add_command, compare.add_command])
     _HANDLERS["build"] = build.cmd_build
+    _HANDLERS["compare"] = compare.cmd_compare
 
 
 _HANDLERS: dict[str, Any] = {"run": cmd_run, "list": cmd_list, "report": cmd_report}

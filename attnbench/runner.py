@@ -409,7 +409,8 @@ def _execute_case(task: Task, impl: Impl, ctx: Context, module: bool = False) ->
     fn = core_function(impl, case)
     inputs = case_inputs(case).to(DTYPES[dtype], device)
 
-    outputs, grads = forward_backward(fn, inputs, case, impl.backward, impl.name)
+    do_backward = impl.backward and "backward" in ctx.suite.checks
+    outputs, grads = forward_backward(fn, inputs, case, do_backward, impl.name)
     _check_contract(outputs, ref.outputs, dtype, device, impl.name)
     rows: list[Row] = []
     out_cmp = worst(
@@ -430,7 +431,7 @@ def _execute_case(task: Task, impl: Impl, ctx: Context, module: bool = False) ->
         )
     )
     all_passed = out_cmp.passed
-    if impl.backward:
+    if do_backward:
         if module:
             cmps = [
                 compare(grads.get(name), g, pt.grads.get(name) if pt else None, dtype, tol, rule, k, f"grad {name}")
@@ -464,6 +465,8 @@ def _execute_case(task: Task, impl: Impl, ctx: Context, module: bool = False) ->
                     )
                 )
                 all_passed &= c.passed
+    elif impl.backward:
+        rows.append(_row(task, impl, prefix + "backward", "skip", "backward check disabled by the suite"))
     else:
         rows.append(_row(task, impl, prefix + "backward", "skip", f"{impl.name} is forward-only"))
     if module:
@@ -520,6 +523,7 @@ def _measure(
         if pass_ == "fwd+bwd" and "memory" in ctx.suite.checks:
             saved = saved_bytes(lambda: inputs.call(fn), list(inputs.tensors.values()))
         flops = None if flops_fwd is None else (flops_fwd if pass_ == "fwd" else 3.0 * flops_fwd)
+        instructions = _instructions(task, impl, ctx, pass_)
         rows.append(
             PerfRow(
                 mechanism=case.mechanism,
@@ -544,9 +548,30 @@ def _measure(
                 ),
                 samples_s=";".join(f"{s:.6g}" for s in result.samples),
                 task=task.key,
+                instructions=instructions,
             )
         )
     return rows
+
+
+def _instructions(task: Task, impl: Impl, ctx: Context, pass_: str) -> int | None:
+    """Callgrind instruction count when the suite asks for it on this case (tag ``callgrind``)."""
+    if not ctx.suite.regression.get("callgrind") or "callgrind" not in task.case.tags or task.device != "cpu":
+        return None
+    from attnbench.measure import callgrind
+
+    if callgrind.unavailable_reason():
+        return None
+    return callgrind.instructions(
+        task.case.mechanism,
+        impl.name,
+        task.case.core,
+        dict(task.case.params),
+        task.case.tags,
+        task.dtype,
+        pass_,
+        list(REGISTRY.user_files),
+    )
 
 
 def _pass_callable(pass_: str, fn: Callable[..., Any], inputs: Inputs, case: Case, who: str) -> Callable[[], object]:
@@ -632,6 +657,14 @@ def _execute_opcheck(task: Task, impl: Impl) -> list[Row]:
         except Exception as exc:
             rows.append(_row(task, impl, f"opcheck:{name}", "fail", error_detail(exc)))
     return rows
+
+
+def remeasure(task: Task, ctx: Context, pass_: str) -> list[float]:
+    """More timing samples of one (impl, case, dtype, device, pass), for an AMBIGUOUS verdict."""
+    impl = REGISTRY.impls[task.case.mechanism][task.impl]
+    inputs = case_inputs(task.case).to(DTYPES[task.dtype], task.device)
+    run = _pass_callable(pass_, core_function(impl, task.case), inputs, task.case, impl.name)
+    return list(time_fn(run, ctx.profile.timing, task.device).samples)
 
 
 def iter_rows(tasks: Sequence[Task], ctx: Context) -> Iterator[tuple[Task, list[Row]]]:

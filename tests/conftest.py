@@ -14,6 +14,7 @@ from attnbench.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True)

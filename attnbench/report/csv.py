@@ -44,7 +44,17 @@ PERF_COLUMNS = (
     "saved_bytes",
     "flops",
 )
-PERF_EXTRA = ("case_name", "threads", "gflops_per_s", "model_bytes", "bytes_moved", "samples_s", "task", "fingerprint")
+PERF_EXTRA = (
+    "case_name",
+    "threads",
+    "gflops_per_s",
+    "model_bytes",
+    "bytes_moved",
+    "samples_s",
+    "task",
+    "fingerprint",
+    "instructions",
+)
 STATUSES = ("pass", "fail", "skip", "error")
 
 
@@ -95,6 +105,7 @@ class PerfRow:
     samples_s: str = ""
     task: str = ""
     fingerprint: str = ""
+    instructions: int | None = None
 
 
 def _fmt(value: Any) -> str:

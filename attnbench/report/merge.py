@@ -31,7 +31,7 @@ def merge(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     if not dirs:
         raise UsageError("report: no result folders given")
     out.mkdir(parents=True, exist_ok=True)
-    envs = []
+    envs: list[dict[str, Any]] = []
     for d in dirs:
         env_path = d / "env.json"
         envs.append(json.loads(env_path.read_text()) if env_path.exists() else {"folder": str(d)})
