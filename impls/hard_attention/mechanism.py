@@ -48,9 +48,19 @@ GLIMPSE_PARAMS = {
     "W": Param(int, min=1, doc="width"),
     "size": Param(int, min=1, doc="glimpse side at the finest scale"),
     "scales": Param(int, min=1, doc="number of scales (patch side size·2^s)"),
-    "lx": Param(float, optional=True, doc="location x for every batch element (default: uniform in [−1.2, 1.2])"),
-    "ly": Param(float, optional=True, doc="location y for every batch element (default: uniform in [−1.2, 1.2])"),
+    "loc": Param(
+        str,
+        choices=("random", "spec"),
+        default="random",
+        doc="random: uniform in [−1.2, 1.2]; spec: batch element b at the spec's row b mod 5 (corners incl.)",
+    ),
+    "lx": Param(float, optional=True, doc="location x for every batch element (overrides loc)"),
+    "ly": Param(float, optional=True, doc="location y for every batch element (overrides loc)"),
 }
+
+
+SPEC_LOCATIONS = ((0.0, 0.0), (-1.0, -1.0), (1.0, 1.0), (0.37, -0.81), (-0.999, 0.999))
+"""The loc rows of specs/hard_attention.md §4: centre, both corners, inside, just inside a corner."""
 
 
 def glimpse_validate(params: Mapping[str, Any]) -> list[str]:
@@ -60,9 +70,11 @@ def glimpse_validate(params: Mapping[str, Any]) -> list[str]:
 
 
 def glimpse_inputs(case: Case) -> Inputs:
-    """x: [B, C, H, W] ~ N(0, 1); loc: [B, 2] fixed (lx, ly) or uniform in [−1.2, 1.2] (beyond the borders)."""
+    """x: [B, C, H, W] ~ N(0, 1); loc: [B, 2] fixed (lx, ly), the spec rows, or uniform in [−1.2, 1.2]."""
     B, C, H, W = (case[k] for k in ("B", "C", "H", "W"))
-    if case.get("lx") is None:
+    if case.get("lx") is None and case.get("loc", "random") == "spec":
+        loc = torch.tensor([SPEC_LOCATIONS[b % len(SPEC_LOCATIONS)] for b in range(B)], dtype=torch.float64)
+    elif case.get("lx") is None:
         loc = case.rand("loc", B, 2, low=-1.2, high=1.2)
     else:
         loc = torch.tensor([[case["lx"], case["ly"]]], dtype=torch.float64).repeat(B, 1)
