@@ -203,3 +203,29 @@ def test_wrong_se_is_caught(
     failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
     assert "forward" in failed, failed
     assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+
+
+# -- report section ---------------------------------------------------------------------
+
+
+def test_report_section_compares_ext_with_vectorized(tmp_path: Path) -> None:
+    from impls.se.report import section
+
+    case = "se/se/B=32,C=64,Cr=4,H=56,W=56,bias=true"
+    moved = traffic(case_of(32, 64, 4, 56, 56), torch.float32, "fwd")
+    rows = [
+        ("vectorized", "vectorized", 0.004),
+        ("ext", "ext", 0.002),
+        ("conv_module", "peer", 0.005),
+    ]
+    header = "mechanism,impl,kind,case,dtype,device,pass,median_s,iqr_s,bytes_moved\n"
+    body = "".join(f'se,{i},{k},"{case}",float32,cpu,fwd,{t},0.0001,{moved}\n' for i, k, t in rows)
+    (tmp_path / "perf.csv").write_text(header + body)
+    env = {"copy_bandwidth_bytes_per_s": {"cpu": 20e9}}
+    text = "\n".join(section(tmp_path, env))
+    assert "## SE: compiled vs vectorized, bandwidth" in text
+    assert "2.00×" in text and "ext ≥ vectorized at 1/1 shapes" in text
+    assert f"{moved / 0.002 / 1e9:.2f}" in text and f"{100 * moved / 0.002 / 20e9:.0f}%" in text
+    # no rows of this mechanism: no section
+    (tmp_path / "perf.csv").write_text(header + body.replace("se,", "ccnet,"))
+    assert section(tmp_path, env) == []
