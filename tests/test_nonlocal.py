@@ -1,0 +1,173 @@
+"""Non-local block: the ext ops (opcheck, gradcheck, fused == unfused, memory), the cost
+model, and wrong implementations caught by ``attnbench run`` (specs/nonlocal.md §6)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from attnbench import build
+from attnbench.cases import Case
+from attnbench.measure.memory import peak_cpu
+from impls.non_local.mechanism import flops, make_inputs
+from impls.non_local.vectorized import non_local_vectorized
+
+from .conftest import EXAMPLES, ROOT
+
+MODES = [("embedded_gaussian", False), ("gaussian", True), ("dot", False), ("concat", False)]
+EXT_UNAVAILABLE = build.unavailable_reason("non_local")
+needs_ext = pytest.mark.skipif(EXT_UNAVAILABLE is not None, reason=f"ext unavailable: {EXT_UNAVAILABLE}")
+
+
+def case(mode: str, scaled: bool = False, **shape: int) -> Case:
+    params = {"B": 2, "Ck": 3, "Cv": 4, "H": 6, "W": 7, "Hk": 3, "Wk": 4, "mode": mode, "scaled": scaled}
+    params.update(shape)
+    return Case("nonlocal", "non_local", params)
+
+
+@needs_ext
+@pytest.mark.parametrize(("mode", "scaled"), MODES)
+def test_ext_opcheck(mode: str, scaled: bool) -> None:
+    from impls.non_local.ext import _opcheck_samples
+
+    for op, args, kwargs in _opcheck_samples(case(mode, scaled), torch.float64, "cpu"):
+        torch.library.opcheck(op, args, kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize(("mode", "scaled"), MODES)
+def test_ext_gradcheck_across_key_tiles(mode: str, scaled: bool) -> None:
+    from impls.non_local.ext import non_local_ext_op
+
+    inputs = make_inputs(case(mode, scaled, H=3, W=4, Hk=2, Wk=3)).to(torch.float64, "cpu")
+    args = tuple(inputs.tensors.values())
+    assert torch.autograd.gradcheck(
+        lambda *t: non_local_ext_op(*t, key_block=4, **inputs.kwargs), args, nondet_tol=1e-12
+    )
+
+
+@needs_ext
+@pytest.mark.parametrize(("mode", "scaled"), MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_equals_unfused(mode: str, scaled: bool, dtype: torch.dtype) -> None:
+    """Key tiles of 1 and 5 (online softmax across tiles) = one tile = the vectorized impl."""
+    from impls.non_local.ext import non_local_ext_op
+
+    inputs = make_inputs(case(mode, scaled, H=5, W=6, Hk=4, Wk=5)).to(dtype, "cpu")
+    args = tuple(inputs.tensors.values())
+    gout = torch.randn(2, 4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    results = []
+    for fn in (
+        lambda *t: non_local_ext_op(*t, key_block=1, **inputs.kwargs),
+        lambda *t: non_local_ext_op(*t, key_block=5, **inputs.kwargs),
+        lambda *t: non_local_ext_op(*t, key_block=20, **inputs.kwargs),
+        lambda *t: non_local_vectorized(*t, **inputs.kwargs),
+    ):
+        out = fn(*args)
+        results.append((out.detach(), torch.autograd.grad(out, args, gout)))
+    for out, grads in results[:-1]:
+        torch.testing.assert_close(out, results[-1][0], atol=tol, rtol=tol)
+        for g, g_ref in zip(grads, results[-1][1], strict=True):
+            torch.testing.assert_close(g, g_ref, atol=tol, rtol=tol)
+
+
+@needs_ext
+def test_ext_rejects_bad_arguments_with_named_messages() -> None:
+    from impls.non_local.ext import _ops
+
+    ops = _ops()
+    theta, phi, g = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 2, 2), torch.randn(2, 4, 2, 3)
+    with pytest.raises(RuntimeError, match="nl_forward: g must have shape"):
+        ops.nl_forward(theta, phi, g, None, "dot", 1.0, 0)
+    with pytest.raises(RuntimeError, match="nl_forward: w"):
+        ops.nl_forward(theta, phi, torch.randn(2, 4, 2, 2), None, "concat", 1.0, 0)
+    with pytest.raises(RuntimeError, match="mode must be"):
+        ops.nl_forward(theta, phi, torch.randn(2, 4, 2, 2), None, "gauss", 1.0, 0)
+
+
+@needs_ext
+def test_inference_path_memory_is_linear_in_keys() -> None:
+    """Under no_grad the ext keeps one [N, tile] score tile, the vectorized impl two [N, M] matrices."""
+    from impls.non_local.ext import non_local_ext
+
+    inputs = make_inputs(case("embedded_gaussian", B=1, Ck=8, Cv=8, H=32, W=32, Hk=32, Wk=32)).to(torch.float32, "cpu")
+    args = [t.detach() for t in inputs.tensors.values()]
+    with torch.no_grad():
+        ext_peak = peak_cpu(lambda: non_local_ext(*args, **inputs.kwargs))
+        vec_peak = peak_cpu(lambda: non_local_vectorized(*args, **inputs.kwargs))
+    assert vec_peak >= 2 * 1024 * 1024 * 4  # scores + probabilities
+    assert ext_peak * 4 < vec_peak, (ext_peak, vec_peak)
+
+
+@pytest.mark.parametrize(("mode", "scaled"), MODES)
+def test_flops_match_flop_counter_on_matmuls(mode: str, scaled: bool) -> None:
+    """FlopCounterMode counts the vectorized impl's matmuls; flops() adds softmax / ReLU work on top."""
+    c = case(mode, scaled, B=2, Ck=5, Cv=6, H=7, W=9, Hk=3, Wk=4)
+    inputs = make_inputs(c)
+    with FlopCounterMode(display=False) as counter:
+        inputs.call(non_local_vectorized)
+    entries = 2 * 63 * 12
+    elementwise = {"embedded_gaussian": 4 * entries, "gaussian": 4 * entries, "dot": 0, "concat": 2 * entries}[mode]
+    assert counter.get_total_flops() == flops(c) - elementwise
+
+
+def test_shared_headers_are_identical_copies() -> None:
+    for name in ("softmax_math.h", "softmax_tiles.h", "softmax_tiles_cuda.cuh"):
+        a = (ROOT / "impls" / "non_local" / "csrc" / name).read_bytes()
+        b = (ROOT / "impls" / "danet" / "csrc" / name).read_bytes()
+        assert a == b, f"impls/non_local/csrc/{name} and impls/danet/csrc/{name} differ"
+
+
+TINY_NONLOCAL = """
+    name = "tiny_nonlocal"
+    mechanisms = ["nonlocal"]
+    [checks]
+    timing = false
+    memory = false
+    gradcheck = false
+    opcheck = false
+    [profiles.quick]
+    dtypes = ["float64"]
+    [[profiles.quick.grids]]
+    "B,Ck,Cv,H,W,Hk,Wk" = [[2, 3, 4, 4, 5, 4, 5], [2, 3, 4, 6, 7, 3, 3]]
+    mode = ["embedded_gaussian", "dot", "concat"]
+"""
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "caught_by"),
+    [
+        ("nonlocal_dot_by_n.py", "dot_by_n", {"forward", "property:normalised_by_keys"}),
+        ("nonlocal_softmax_over_queries.py", "softmax_over_queries", {"forward", "property:rows_sum_to_one"}),
+        ("nonlocal_flatten_order.py", "flatten_order", {"forward", "property:key_permutation"}),
+    ],
+)
+def test_wrong_nonlocal_is_caught(
+    run_cli: Callable[..., int],
+    write_suite: Callable[..., Path],
+    tmp_path: Path,
+    file: str,
+    name: str,
+    caught_by: set[str],
+) -> None:
+    suite = write_suite(TINY_NONLOCAL)
+    out = tmp_path / "out"
+    code = run_cli(
+        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
+    )
+    assert code == 1
+    rows = read(out / "checks.csv")
+    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    assert caught_by <= failed, failed
+    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
