@@ -93,6 +93,22 @@ def test_gradcheck_each_op(shape: tuple[int, ...]) -> None:
         attn = torch.softmax(ops.ca_weight(q, k), dim=1)
     assert torch.autograd.gradcheck(ops.ca_weight, (q.clone().requires_grad_(), k.clone().requires_grad_()))
     assert torch.autograd.gradcheck(ops.ca_map, (attn.clone().requires_grad_(), v.clone().requires_grad_()))
+    energy = ops.ca_weight(q, k)
+    assert torch.autograd.gradcheck(ops.ca_softmax, (energy.clone().requires_grad_(),))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_softmax_op_equals_torch_softmax(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    ops = ext.ops()
+    q, k, _ = inputs(shape, dtype)
+    energy = (3.0 * ops.ca_weight(q, k)).requires_grad_()  # wide range: tests the max subtraction
+    grad = torch.randn(energy.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    got = ops.ca_softmax(energy)
+    want = torch.softmax(energy, dim=1)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, energy, grad)[0], torch.autograd.grad(want, energy, grad)[0])
 
 
 @needs_ext
@@ -139,6 +155,8 @@ def test_calling_twice_and_nan_filled_memory_cannot_leak(shape: tuple[int, ...])
         ops.cca_fused(q, k, v),
         *ops.ca_weight_backward(energy, q, k),
         *ops.ca_map_backward(gout, attn, v),
+        ops.ca_softmax(energy),
+        ops.ca_softmax_backward(energy, attn),
     ]
     for _ in range(3):
         # freed NaN buffers of every output size: the allocator hands them back to the next op
@@ -150,6 +168,8 @@ def test_calling_twice_and_nan_filled_memory_cannot_leak(shape: tuple[int, ...])
             ops.cca_fused(q, k, v),
             *ops.ca_weight_backward(energy, q, k),
             *ops.ca_map_backward(gout, attn, v),
+            ops.ca_softmax(energy),
+            ops.ca_softmax_backward(energy, attn),
         ]
         for a, b in zip(first, again, strict=True):
             assert torch.isfinite(b).all()
@@ -190,8 +210,20 @@ def test_noncontiguous_inputs_are_not_misread() -> None:
         ),
         (lambda o, q, k, v: o.cca_fused(q, k, v[:, :, :2]), r"attnbench_ccnet::cca_fused: v must be"),
         (lambda o, q, k, v: o.cca_fused(q, k, v.double()), r"attnbench_ccnet::cca_fused: v must have dtype Float"),
+        (lambda o, q, k, v: o.ca_softmax(v), r"attnbench_ccnet::ca_softmax: energy must be \[B, H\+W-1, H, W\]"),
     ],
-    ids=["k-shape", "k-dtype", "q-dim", "cpu-half", "attn-shape", "grad_out", "grad_energy", "v-shape", "v-dtype"],
+    ids=[
+        "k-shape",
+        "k-dtype",
+        "q-dim",
+        "cpu-half",
+        "attn-shape",
+        "grad_out",
+        "grad_energy",
+        "v-shape",
+        "v-dtype",
+        "softmax-shape",
+    ],
 )
 def test_errors_name_op_and_argument(call: Callable[..., object], message: str) -> None:
     q, k, v = inputs((2, 3, 4, 4, 5), torch.float32)

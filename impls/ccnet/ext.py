@@ -7,6 +7,8 @@ The ops (schemas in ``csrc/ccnet.cpp``, layout of shared/specs/ccnet.md §2.1)::
     ca_map(attn, v) -> out                             [B, C, H, W]
     ca_map_backward(grad_out, attn, v) -> (dattn, dv)
     cca_fused(q, k, v) -> out                          inference, no attention map
+    ca_softmax(energy) -> attn                         softmax over dim 1
+    ca_softmax_backward(grad_attn, attn) -> grad_energy
 
 Following PyTorch's custom-op conventions, C++ registers only kernels; this file
 owns the fake (meta) kernels and the autograd formulas. Nothing is compiled at
@@ -27,7 +29,15 @@ from attnbench.cases import Case
 
 MECH = "ccnet"
 LIB = "attnbench_ccnet"
-OPS = ("ca_weight", "ca_weight_backward", "ca_map", "ca_map_backward", "cca_fused")
+OPS = (
+    "ca_weight",
+    "ca_weight_backward",
+    "ca_map",
+    "ca_map_backward",
+    "cca_fused",
+    "ca_softmax",
+    "ca_softmax_backward",
+)
 CPU_DTYPES = ("float32", "float64")
 
 _lock = threading.Lock()
@@ -82,6 +92,21 @@ def _register_fake_and_autograd() -> None:
     def _cca_fused_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return v.new_empty(v.shape)
 
+    @torch.library.register_fake(f"{LIB}::ca_softmax")
+    def _ca_softmax_fake(energy: torch.Tensor) -> torch.Tensor:
+        return energy.new_empty(energy.shape)
+
+    @torch.library.register_fake(f"{LIB}::ca_softmax_backward")
+    def _ca_softmax_backward_fake(grad_attn: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        return attn.new_empty(attn.shape)
+
+    def softmax_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(output)
+
+    def softmax_backward(ctx: Any, grad_attn: torch.Tensor) -> torch.Tensor:
+        (attn,) = ctx.saved_tensors
+        return getattr(torch.ops, LIB).ca_softmax_backward(grad_attn, attn)  # type: ignore[no-any-return]
+
     def weight_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         q, k = inputs
         ctx.save_for_backward(q, k)
@@ -102,6 +127,7 @@ def _register_fake_and_autograd() -> None:
 
     torch.library.register_autograd(f"{LIB}::ca_weight", weight_backward, setup_context=weight_setup)
     torch.library.register_autograd(f"{LIB}::ca_map", map_backward, setup_context=map_setup)
+    torch.library.register_autograd(f"{LIB}::ca_softmax", softmax_backward, setup_context=softmax_setup)
 
 
 def unavailable_reason() -> str | None:
@@ -133,7 +159,7 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
 def opcheck_samples(case: Case, dtype: torch.dtype, device: str) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
     """One ``torch.library.opcheck`` sample per op; ca_weight and ca_map get non-contiguous inputs.
 
-    Inputs of ca_weight and ca_map require grad (their autograd registration is tested);
+    Inputs of ca_weight, ca_map and ca_softmax require grad (their autograd registration is tested);
     the backward and fused ops have no autograd, so theirs do not.
     """
     from impls.ccnet.mechanism import make_inputs
@@ -142,7 +168,8 @@ def opcheck_samples(case: Case, dtype: torch.dtype, device: str) -> list[tuple[A
     inputs = make_inputs(case).to(dtype, device)
     q, k, v = (inputs.tensors[n].detach() for n in ("q", "k", "v"))
     with torch.no_grad():
-        attn = torch.softmax(o.ca_weight(q, k), dim=1)
+        energy = o.ca_weight(q, k)
+        attn = o.ca_softmax(energy)
     grad_energy = case.randn("gout_energy", *attn.shape).to(dtype=dtype, device=device)
     grad_out = case.randn("gout", *v.shape).to(dtype=dtype, device=device)
 
@@ -155,6 +182,8 @@ def opcheck_samples(case: Case, dtype: torch.dtype, device: str) -> list[tuple[A
         (o.ca_map.default, (grad(attn), grad(noncontiguous(v))), {}),
         (o.ca_map_backward.default, (grad_out, attn, v), {}),
         (o.cca_fused.default, (q, k, v), {}),
+        (o.ca_softmax.default, (grad(energy),), {}),
+        (o.ca_softmax_backward.default, (grad_energy, attn), {}),
     ]
 
 
@@ -170,11 +199,11 @@ def opcheck_samples(case: Case, dtype: torch.dtype, device: str) -> list[tuple[A
 def cca_ext(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k: [B, Cq, H, W]; v: [B, C, H, W] -> [B, C, H, W].
 
-    With gradients: energy = ca_weight(q, k); attn = softmax over dim 1; out = ca_map(attn, v).
-    Without: cca_fused, which never materialises the [B, H+W-1, H, W] map.
+    With gradients: energy = ca_weight(q, k); attn = ca_softmax(energy) (over dim 1);
+    out = ca_map(attn, v). Without: cca_fused, which never materialises the
+    [B, H+W-1, H, W] map.
     """
     o = ops()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        energy = o.ca_weight(q, k)
-        return o.ca_map(torch.softmax(energy, dim=1), v)  # type: ignore[no-any-return]
+        return o.ca_map(o.ca_softmax(o.ca_weight(q, k)), v)  # type: ignore[no-any-return]
     return o.cca_fused(q, k, v)  # type: ignore[no-any-return]

@@ -7,6 +7,8 @@
 //   ca_map(attn, v) -> out                    out: [B, C, H, W]
 //   ca_map_backward(grad_out, attn, v) -> (dattn, dv)
 //   cca_fused(q, k, v) -> out                 inference: energy + softmax + aggregation
+//   ca_softmax(energy) -> attn                softmax over dim 1 (between the two ops)
+//   ca_softmax_backward(grad_attn, attn) -> grad_energy
 //
 // Every kernel is a gather: each output element is written exactly once from the
 // formulas of shared/specs/ccnet.md §2.1 (ccnet.h), so nothing accumulates into
@@ -268,32 +270,56 @@ void key_grad_rows(const T* weight, int64_t w_ps, const T* query, int64_t q_ps, 
 inline float exp_fast(float x) { return exp_approx(x); }
 inline double exp_fast(double x) { return std::exp(x); }
 
+// Softmax over z for one image row: element (z, x) at e[z * zs + x]; out may be e.
+template <typename T>
+void softmax_row(const T* e, T* out, int L, int64_t zs, int W, T* stat) {
+  T* mx = stat;
+  T* sum = stat + W;
+  for (int x = 0; x < W; ++x) mx[x] = e[x];
+  for (int z = 1; z < L; ++z) {
+    const T* ez = e + z * zs;
+    for (int x = 0; x < W; ++x) mx[x] = std::max(mx[x], ez[x]);
+  }
+  for (int x = 0; x < W; ++x) sum[x] = 0;
+  for (int z = 0; z < L; ++z) {
+    const T* ez = e + z * zs;
+    T* oz = out + z * zs;
+    for (int x = 0; x < W; ++x) {
+      oz[x] = exp_fast(ez[x] - mx[x]);
+      sum[x] += oz[x];
+    }
+  }
+  for (int x = 0; x < W; ++x) sum[x] = T(1) / sum[x];
+  for (int z = 0; z < L; ++z) {
+    T* oz = out + z * zs;
+    for (int x = 0; x < W; ++x) oz[x] *= sum[x];
+  }
+}
+
+// dE = A * (dA - sum_z A * dA) for one image row (same layout as softmax_row).
+template <typename T>
+void softmax_backward_row(const T* grad_attn, const T* attn, T* grad_energy, int L, int64_t zs, int W, T* stat) {
+  for (int x = 0; x < W; ++x) stat[x] = 0;
+  for (int z = 0; z < L; ++z) {
+    const T* a = attn + z * zs;
+    const T* g = grad_attn + z * zs;
+    for (int x = 0; x < W; ++x) stat[x] += a[x] * g[x];
+  }
+  for (int z = 0; z < L; ++z) {
+    const T* a = attn + z * zs;
+    const T* g = grad_attn + z * zs;
+    T* d = grad_energy + z * zs;
+    for (int x = 0; x < W; ++x) d[x] = a[x] * (g[x] - stat[x]);
+  }
+}
+
 // Softmax over z of energies [L][rows][W] (scratch layout, z-stride rows * W), in place.
 template <typename T>
 void softmax_tile(T* e, int L, int rows, int W, T* stat) {
   const int64_t zs = static_cast<int64_t>(rows) * W;
   for (int yy = 0; yy < rows; ++yy) {
     T* base = e + static_cast<int64_t>(yy) * W;
-    T* mx = stat;
-    T* sum = stat + W;
-    for (int x = 0; x < W; ++x) mx[x] = base[x];
-    for (int z = 1; z < L; ++z) {
-      const T* ez = base + z * zs;
-      for (int x = 0; x < W; ++x) mx[x] = std::max(mx[x], ez[x]);
-    }
-    for (int x = 0; x < W; ++x) sum[x] = 0;
-    for (int z = 0; z < L; ++z) {
-      T* ez = base + z * zs;
-      for (int x = 0; x < W; ++x) {
-        ez[x] = exp_fast(ez[x] - mx[x]);
-        sum[x] += ez[x];
-      }
-    }
-    for (int x = 0; x < W; ++x) sum[x] = T(1) / sum[x];
-    for (int z = 0; z < L; ++z) {
-      T* ez = base + z * zs;
-      for (int x = 0; x < W; ++x) ez[x] *= sum[x];
-    }
+    softmax_row(base, base, L, zs, W, stat);
   }
 }
 
@@ -440,6 +466,64 @@ std::tuple<at::Tensor, at::Tensor> ca_map_backward(const at::Tensor& grad_out, c
   return {weight_cpu(dout, padded(v), g), key_grad_cpu(padded(attn), dout, g)};
 }
 
+void check_energy(const char* op, const at::Tensor& x, const char* name) {
+  check_4d(op, x, name, "[B, H+W-1, H, W]");
+  TORCH_CHECK(x.size(1) == x.size(2) + x.size(3) - 1, op_name(op), ": ", name,
+              " must be [B, H+W-1, H, W], got ", x.sizes(), " (dim 1 should be ", x.size(2) + x.size(3) - 1, ")");
+  check_cpu(op, x, name);
+}
+
+// Softmax over dim 1 of [B, L, H, W] (ATen's dim-1 softmax starts a parallel region even
+// for a few elements; this one runs small maps inline and vectorises along W).
+at::Tensor ca_softmax(const at::Tensor& energy_in) {
+  check_energy("ca_softmax", energy_in, "energy");
+  const at::Tensor energy = dense(energy_in);
+  const Geometry g = geometry(energy);
+  const int64_t B = energy.size(0);
+  at::Tensor attn = at::empty_like(energy, at::MemoryFormat::Contiguous);
+  at::Tensor stat = at::empty({at::get_num_threads(), 2 * static_cast<int64_t>(g.W)}, energy.options());
+  AT_DISPATCH_FLOATING_TYPES(energy.scalar_type(), "attnbench_ccnet::ca_softmax", [&] {
+    const scalar_t* ep = energy.const_data_ptr<scalar_t>();
+    scalar_t* ap = attn.mutable_data_ptr<scalar_t>();
+    scalar_t* sp = stat.mutable_data_ptr<scalar_t>();
+    const int64_t batch = g.L * g.plane;
+    for_row_blocks(B, g.H, 1, 8 * g.L * g.W, [&](int64_t b, int y0, int y1, int thread) {
+      for (int y = y0; y < y1; ++y) {
+        const int64_t off = b * batch + static_cast<int64_t>(y) * g.W;
+        softmax_row(ep + off, ap + off, g.L, g.plane, g.W, sp + thread * 2 * g.W);
+      }
+    });
+  });
+  return attn;
+}
+
+at::Tensor ca_softmax_backward(const at::Tensor& grad_attn, const at::Tensor& attn_in) {
+  const char* op = "ca_softmax_backward";
+  check_energy(op, attn_in, "attn");
+  check_4d(op, grad_attn, "grad_attn", "[B, H+W-1, H, W]");
+  check_like(op, grad_attn, "grad_attn", attn_in, "attn");
+  check_shape(op, grad_attn, "grad_attn", attn_in.sizes(), "[B, H+W-1, H, W]", attn_in, "attn");
+  const at::Tensor attn = dense(attn_in), grad = dense(grad_attn);
+  const Geometry g = geometry(attn);
+  const int64_t B = attn.size(0);
+  at::Tensor grad_energy = at::empty_like(attn, at::MemoryFormat::Contiguous);
+  at::Tensor stat = at::empty({at::get_num_threads(), static_cast<int64_t>(g.W)}, attn.options());
+  AT_DISPATCH_FLOATING_TYPES(attn.scalar_type(), "attnbench_ccnet::ca_softmax_backward", [&] {
+    const scalar_t* ap = attn.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* dp = grad_energy.mutable_data_ptr<scalar_t>();
+    scalar_t* sp = stat.mutable_data_ptr<scalar_t>();
+    const int64_t batch = g.L * g.plane;
+    for_row_blocks(B, g.H, 1, 4 * g.L * g.W, [&](int64_t b, int y0, int y1, int thread) {
+      for (int y = y0; y < y1; ++y) {
+        const int64_t off = b * batch + static_cast<int64_t>(y) * g.W;
+        softmax_backward_row(gp + off, ap + off, dp + off, g.L, g.plane, g.W, sp + thread * g.W);
+      }
+    });
+  });
+  return grad_energy;
+}
+
 at::Tensor cca_fused(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {
   const char* op = "cca_fused";
   check_qk(op, q_in, k_in);
@@ -485,6 +569,8 @@ TORCH_LIBRARY(attnbench_ccnet, m) {
   m.def("ca_map(Tensor attn, Tensor v) -> Tensor");
   m.def("ca_map_backward(Tensor grad_out, Tensor attn, Tensor v) -> (Tensor, Tensor)");
   m.def("cca_fused(Tensor q, Tensor k, Tensor v) -> Tensor");
+  m.def("ca_softmax(Tensor energy) -> Tensor");
+  m.def("ca_softmax_backward(Tensor grad_attn, Tensor attn) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(attnbench_ccnet, CPU, m) {
@@ -493,6 +579,8 @@ TORCH_LIBRARY_IMPL(attnbench_ccnet, CPU, m) {
   m.impl("ca_map", &ca_map);
   m.impl("ca_map_backward", &ca_map_backward);
   m.impl("cca_fused", &cca_fused);
+  m.impl("ca_softmax", &ca_softmax);
+  m.impl("ca_softmax_backward", &ca_softmax_backward);
 }
 
 }  // namespace attnbench_ccnet

@@ -127,6 +127,48 @@ __global__ void key_grad_kernel(const scalar_t* __restrict__ weight, const scala
   }
 }
 
+// Softmax over z of [B, L, H, W], one thread per pixel (float statistics for half types).
+template <typename scalar_t>
+__global__ void softmax_kernel(const scalar_t* __restrict__ energy, scalar_t* __restrict__ attn, int64_t B, int H,
+                               int W) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int L = H + W - 1;
+  const int64_t plane = static_cast<int64_t>(H) * W;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < B * plane;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = (p / plane) * L * plane + p % plane;
+    acc_t mx = static_cast<acc_t>(energy[base]);
+    for (int z = 1; z < L; ++z) mx = max(mx, static_cast<acc_t>(energy[base + z * plane]));
+    acc_t sum = 0;
+    for (int z = 0; z < L; ++z) sum += exp(static_cast<acc_t>(energy[base + z * plane]) - mx);
+    const acc_t inv = acc_t(1) / sum;
+    for (int z = 0; z < L; ++z) {
+      attn[base + z * plane] = static_cast<scalar_t>(exp(static_cast<acc_t>(energy[base + z * plane]) - mx) * inv);
+    }
+  }
+}
+
+// dE = A * (dA - sum_z A * dA), one thread per pixel.
+template <typename scalar_t>
+__global__ void softmax_backward_kernel(const scalar_t* __restrict__ grad_attn, const scalar_t* __restrict__ attn,
+                                        scalar_t* __restrict__ grad_energy, int64_t B, int H, int W) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int L = H + W - 1;
+  const int64_t plane = static_cast<int64_t>(H) * W;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < B * plane;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = (p / plane) * L * plane + p % plane;
+    acc_t dot = 0;
+    for (int z = 0; z < L; ++z) {
+      dot += static_cast<acc_t>(attn[base + z * plane]) * static_cast<acc_t>(grad_attn[base + z * plane]);
+    }
+    for (int z = 0; z < L; ++z) {
+      const int64_t i = base + z * plane;
+      grad_energy[i] = static_cast<scalar_t>(static_cast<acc_t>(attn[i]) * (static_cast<acc_t>(grad_attn[i]) - dot));
+    }
+  }
+}
+
 // One block per (b, y, tile of `tile` pixels along x); shared: the tile's weights [L][tile].
 template <typename scalar_t>
 __global__ void fused_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
@@ -274,6 +316,50 @@ std::tuple<at::Tensor, at::Tensor> ca_map_backward_cuda(const at::Tensor& grad_o
   return {weight_cuda(grad_out, v), key_grad_cuda(attn, grad_out)};
 }
 
+void check_energy_cuda(const char* op, const at::Tensor& x, const char* name) {
+  check_4d(op, x, name, "[B, H+W-1, H, W]");
+  TORCH_CHECK(x.size(1) == x.size(2) + x.size(3) - 1, op_name(op), ": ", name,
+              " must be [B, H+W-1, H, W], got ", x.sizes());
+  check_cuda_tensor(op, x, name);
+}
+
+at::Tensor ca_softmax_cuda(const at::Tensor& energy_in) {
+  check_energy_cuda("ca_softmax", energy_in, "energy");
+  const DeviceGuard guard(energy_in.device());
+  const at::Tensor energy = dense(energy_in);
+  at::Tensor attn = at::empty_like(energy, at::MemoryFormat::Contiguous);
+  const int64_t B = energy.size(0);
+  const int H = static_cast<int>(energy.size(2)), W = static_cast<int>(energy.size(3));
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, energy.scalar_type(), "attnbench_ccnet::ca_softmax", [&] {
+    softmax_kernel<scalar_t><<<ceil_blocks(B * H * W), kThreads, 0, stream>>>(
+        energy.const_data_ptr<scalar_t>(), attn.mutable_data_ptr<scalar_t>(), B, H, W);
+    ATTNBENCH_LAUNCH_CHECK();
+  });
+  return attn;
+}
+
+at::Tensor ca_softmax_backward_cuda(const at::Tensor& grad_attn, const at::Tensor& attn_in) {
+  const char* op = "ca_softmax_backward";
+  check_energy_cuda(op, attn_in, "attn");
+  check_4d(op, grad_attn, "grad_attn", "[B, H+W-1, H, W]");
+  check_like(op, grad_attn, "grad_attn", attn_in, "attn");
+  check_shape(op, grad_attn, "grad_attn", attn_in.sizes(), "[B, H+W-1, H, W]", attn_in, "attn");
+  const DeviceGuard guard(attn_in.device());
+  const at::Tensor attn = dense(attn_in), grad = dense(grad_attn);
+  at::Tensor grad_energy = at::empty_like(attn, at::MemoryFormat::Contiguous);
+  const int64_t B = attn.size(0);
+  const int H = static_cast<int>(attn.size(2)), W = static_cast<int>(attn.size(3));
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, attn.scalar_type(), "attnbench_ccnet::ca_softmax_bwd", [&] {
+    softmax_backward_kernel<scalar_t><<<ceil_blocks(B * H * W), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(), grad_energy.mutable_data_ptr<scalar_t>(), B,
+        H, W);
+    ATTNBENCH_LAUNCH_CHECK();
+  });
+  return grad_energy;
+}
+
 at::Tensor cca_fused_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {
   const char* op = "cca_fused";
   check_qk(op, q_in, k_in);
@@ -313,6 +399,8 @@ TORCH_LIBRARY_IMPL(attnbench_ccnet, CUDA, m) {
   m.impl("ca_map", &ca_map_cuda);
   m.impl("ca_map_backward", &ca_map_backward_cuda);
   m.impl("cca_fused", &cca_fused_cuda);
+  m.impl("ca_softmax", &ca_softmax_cuda);
+  m.impl("ca_softmax_backward", &ca_softmax_backward_cuda);
 }
 
 }  // namespace attnbench_ccnet
