@@ -27,12 +27,11 @@ def why_slower(pass_: str, ext_s: float, ext_min: float, best: str, best_min: fl
     if ext_min < OVERHEAD_S:
         return (
             f"tiny case ({markdown.fmt_time(ext_min)} at best): fixed per-call costs dominate (op dispatch, input "
-            "checks, padded input copies; for fwd+bwd also the Python autograd of two custom ops and an ATen "
-            "softmax between them)"
+            "checks, padded input copies; for fwd+bwd also the Python autograd of three custom ops)"
         )
     if pass_ == "fwd+bwd":
         return (
-            "fwd+bwd runs the two-op path: E and A are materialised and the softmax and its backward run in ATen, "
+            "fwd+bwd runs the two-op path: E and A (2·B·HW·(H+W−1) elements) are materialised and padded, "
             f"while {best} uses MKL GEMMs, which reach a higher FLOP rate than the hand-written kernels"
         )
     return f"{best} uses MKL GEMMs, which reach a higher FLOP rate than the hand-written kernels at this shape"
@@ -59,7 +58,7 @@ def section(out: Path, env: dict[str, Any]) -> list[str]:
         "Speedup = other impl's median / ext median (> 1: ext is faster). `best` is the fastest of "
         + ", ".join(f"`{b}`" for b in BASELINES)
         + " by median; `min` columns are the fastest single runs (robust to other load on the machine). "
-        "Inference (`fwd`) uses the fused op; `fwd+bwd` the two ops around an ATen softmax. See docs/ccnet.md.",
+        "Inference (`fwd`) uses the fused op; `fwd+bwd` ca_weight, ca_softmax and ca_map. See docs/ccnet.md.",
         "",
     ]
     rows = []
