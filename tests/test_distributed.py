@@ -81,8 +81,10 @@ def read(path: Path) -> list[dict[str, str]]:
 
 def outcome(folder: Path) -> Counter[tuple[str, ...]]:
     """(task, check, status) of checks.csv and (task, pass) of perf.csv, timing values ignored."""
-    checks = Counter((r["task"], r["check"], r["status"]) for r in read(folder / "checks.csv"))
-    perf = Counter((r["task"], r["pass"]) for r in read(folder / "perf.csv"))
+    checks: Counter[tuple[str, ...]] = Counter(
+        (r["task"], r["check"], r["status"]) for r in read(folder / "checks.csv")
+    )
+    perf: Counter[tuple[str, ...]] = Counter((r["task"], r["pass"]) for r in read(folder / "perf.csv"))
     return checks + perf
 
 
