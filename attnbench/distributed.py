@@ -72,6 +72,25 @@ def worker_tag(env: dict[str, Any]) -> str:
     return f"{fingerprint_id(env)}@{env.get('host', '')}"
 
 
+def portable(path: str) -> str:
+    """``ABS::REL``: the driver's absolute path and, when under its cwd, the relative one."""
+    p = Path(path).resolve()
+    try:
+        rel = str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        rel = ""
+    return f"{p}::{rel}"
+
+
+def locate(path: str) -> str:
+    """The absolute path where it exists on this worker (shared filesystem), else the path
+    relative to the worker's cwd (a Ray ``runtime_env`` ``working_dir`` unpacked elsewhere)."""
+    absolute, _, rel = path.partition("::")
+    if Path(absolute).exists() or not rel:
+        return absolute
+    return rel
+
+
 _CONTEXTS: dict[str, runner.Context] = {}
 
 
@@ -85,10 +104,10 @@ def _context(spec: ShardSpec) -> runner.Context:
 
         verification_mode()
         set_threads(spec.threads)
-        for f in spec.user_files:
-            if str(Path(f).resolve()) not in REGISTRY.user_files:
-                REGISTRY.load_user_file(f)
-        suite = load_suite(spec.suite_path)
+        for user_file in map(locate, spec.user_files):
+            if str(Path(user_file).resolve()) not in REGISTRY.user_files:
+                REGISTRY.load_user_file(user_file)
+        suite = load_suite(locate(spec.suite_path))
         _CONTEXTS[key] = runner.Context(suite, suite.profile(spec.profile), spec.options)
     return _CONTEXTS[key]
 
@@ -110,7 +129,7 @@ def run_shard(spec: ShardSpec, tasks: Sequence[runner.Task]) -> Iterator[tuple[s
         devices = ctx.options.devices or ctx.profile.devices
         execute = isolation.pool_executor(
             timeout=spec.timeout,
-            user_files=list(spec.user_files),
+            user_files=[locate(f) for f in spec.user_files],
             spec_base={"threads": spec.threads, "memory_limit": isolation.memory_limit_for_workers(devices)},
         )
     for task, rows in execute(list(tasks), ctx):
@@ -159,10 +178,10 @@ def ray_executor(
         if not tasks:
             return
         spec = ShardSpec(
-            suite_path=str(Path(ctx.suite.path).resolve()),
+            suite_path=portable(ctx.suite.path),
             profile=ctx.profile.name,
             options=ctx.options,
-            user_files=tuple(str(Path(f).resolve()) for f in user_files),
+            user_files=tuple(portable(f) for f in user_files),
             threads=threads,
             timeout=timeout,
             isolate=isolate,

@@ -106,6 +106,18 @@ def test_default_shards_fill_the_cluster_one_shard_per_threads() -> None:
     assert distributed.default_shards(3, 0) == 3
 
 
+def test_paths_resolve_on_a_shared_filesystem_or_under_the_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "suites" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    sent = distributed.portable("suites/x")
+    assert sent == f"{tmp_path.resolve() / 'suites' / 'x'}::suites/x"
+    assert distributed.locate(sent) == str(tmp_path.resolve() / "suites" / "x")  # same path on the worker
+    assert distributed.locate("/elsewhere/suites/x::suites/x") == "suites/x"  # working_dir unpacked elsewhere
+    assert distributed.locate(distributed.portable("/")) == "/"
+
+
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'attnbench[ray]'"
 )
