@@ -10,6 +10,7 @@ The same runner code as ``attnbench run`` does the work, without timing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from attnbench import runner
 from attnbench.cases import Case
+from attnbench.errors import UsageError
 from attnbench.registry import REGISTRY, Impl
 from attnbench.report.csv import CheckRow
 from attnbench.suite import Profile, Suite, load_suite
@@ -29,7 +31,13 @@ def suites_for(mechanism: str) -> list[Suite]:
     REGISTRY.discover()
     found = []
     for path in sorted(SUITES_DIR.glob("*/suite.toml")):
-        suite = load_suite(path)
+        try:
+            suite = load_suite(path)
+        except UsageError as exc:
+            if mechanism in path.read_text(encoding="utf-8", errors="replace"):
+                raise  # a broken suite of this mechanism is this mechanism's problem
+            warnings.warn(f"skipping broken suite: {exc}", stacklevel=2)
+            continue
         if mechanism in suite.mechanisms:
             found.append(suite)
     return found

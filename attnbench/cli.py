@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _HANDLERS[args.command]
         return int(handler(args))
     except UsageError as exc:
-        console.print(f"[bold red]attnbench: error:[/] {exc}", soft_wrap=True, markup=True)
+        console.print(f"[bold red]attnbench: error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
         return EXIT_USAGE
 
 
@@ -255,7 +255,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         done = resume_state(out)
     else:
-        for n in ("checks.csv", "perf.csv", "report.md", DONE_LOG):
+        for n in (
+            "checks.csv",
+            "perf.csv",
+            "report.md",
+            "compare.csv",
+            "compare.md",
+            "scaling.csv",
+            "env_workers.json",
+            DONE_LOG,
+        ):
             (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     env = fingerprint(threads)

@@ -269,6 +269,7 @@ class Registry:
         self._discovered = False
         self._loading_user_file: str | None = None
         self._this_load: set[tuple[str, str]] = set()
+        self.broken: dict[str, str] = {}  # impls package -> why it failed to import
 
     # -- mechanisms -------------------------------------------------------
     def define(self, mechanism: Mechanism) -> Mechanism:
@@ -284,7 +285,8 @@ class Registry:
             return self.mechanisms[name]
         except KeyError:
             known = ", ".join(sorted(self.mechanisms)) or "none"
-            raise UsageError(f"unknown mechanism {name!r}; known: {known}") from None
+            broken = "".join(f"; impls/{pkg} failed to import: {why}" for pkg, why in self.broken.items())
+            raise UsageError(f"unknown mechanism {name!r}; known: {known}{broken}") from None
 
     # -- impls ------------------------------------------------------------
     def add(self, impl: Impl) -> None:
@@ -331,7 +333,10 @@ class Registry:
 
         for info in sorted(pkgutil.iter_modules(impls.__path__), key=lambda m: m.name):
             if info.ispkg:
-                importlib.import_module(f"impls.{info.name}")
+                try:
+                    importlib.import_module(f"impls.{info.name}")
+                except Exception as exc:  # one broken package must not take the others down
+                    self.broken[info.name] = f"{type(exc).__name__}: {exc}"
 
     def load_user_file(self, path: str | Path) -> list[Impl]:
         """Imports a user's file whose impls register with :func:`register`.

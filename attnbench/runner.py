@@ -30,7 +30,7 @@ from attnbench.report.csv import CheckRow, PerfRow
 from attnbench.suite import Profile, Suite
 
 Row = CheckRow | PerfRow
-TASK_KINDS = ("case", "property", "gradcheck", "module", "opcheck")
+TASK_KINDS = ("case", "property", "gradcheck", "module", "opcheck", "scaling")
 
 
 class ImplContractError(Exception):
@@ -56,7 +56,7 @@ class Task:
     @property
     def weight(self) -> int:
         """Rough relative cost, for even sharding."""
-        return {"case": 4, "module": 3, "gradcheck": 2, "opcheck": 2, "property": 1}[self.kind]
+        return {"case": 4, "module": 3, "gradcheck": 2, "opcheck": 2, "property": 1, "scaling": 40}[self.kind]
 
 
 @dataclass
@@ -112,6 +112,16 @@ def plan(suite: Suite, profile: Profile, options: Options) -> list[Task]:
                         if prop.applies(case):
                             for impl in impls(case.mechanism):
                                 tasks.append(Task("property", impl.name, case, "float64", device, prop.name))
+    if "scaling" in checks and "timing" in checks and options.timing:
+        from attnbench.checks.scaling import axis_cases
+
+        for axis in profile.scaling:
+            first = axis_cases(axis)[0][1]
+            for device in devices:
+                for impl in impls(axis.mechanism):
+                    if impl.kind == "naive" or (axis.impls and impl.name not in axis.impls):
+                        continue
+                    tasks.append(Task("scaling", impl.name, first, axis.dtype, device, axis.name))
     if "opcheck" in checks:
         for case in profile.gradcheck or profile.cases[:2]:
             if "module" in case.tags:
@@ -245,8 +255,8 @@ def naive_too_large(mech: Mechanism, case: Case) -> str | None:
     return None
 
 
-def reference(ctx: Context, case: Case) -> Reference:
-    """Float64 CPU outputs and gradients of the naive impl (vectorized when too large)."""
+def reference(ctx: Context, case: Case, grads: bool = True) -> Reference:
+    """Float64 CPU outputs (and gradients) of the naive impl (vectorized when too large)."""
 
     def make() -> Reference:
         mech = REGISTRY.mechanisms[case.mechanism]
@@ -256,14 +266,17 @@ def reference(ctx: Context, case: Case) -> Reference:
             impl = REGISTRY.vectorized(case.mechanism)
             label = f"{impl.name}(float64; naive over budget)"
         inputs = case_inputs(case).to(torch.float64, "cpu")
-        outputs, grads = forward_backward(core_function(impl, case), inputs, case, True, f"reference {impl.name}")
+        outputs, grads = forward_backward(core_function(impl, case), inputs, case, want_grads, f"reference {impl.name}")
+        # an input the output does not depend on has gradient zero: an impl that leaks one is caught
+        zeros = {k: torch.zeros_like(inputs.tensors[k]).detach() for k, g in grads.items() if g is None}
         return Reference(
             tuple(o.detach() for o in outputs),
-            {k: g.detach() for k, g in grads.items() if g is not None},
+            {**{k: g.detach() for k, g in grads.items() if g is not None}, **zeros},
             label,
         )
 
-    return ctx.cached(ctx._refs, case.shape_id, make)  # type: ignore[no-any-return]
+    want_grads = grads
+    return ctx.cached(ctx._refs, f"{case.shape_id}|grads={grads}", make)  # type: ignore[no-any-return]
 
 
 def pytorch_baseline(ctx: Context, case: Case, dtype: str, device: str) -> Reference | None:
@@ -332,6 +345,7 @@ def first_check(task: Task) -> str:
         "gradcheck": "gradcheck",
         "module": f"module:{task.case.core}:forward",
         "opcheck": "opcheck",
+        "scaling": f"scaling:{task.detail}",
     }[task.kind]
 
 
@@ -375,6 +389,8 @@ def execute(task: Task, ctx: Context) -> list[Row]:
             return _execute_property(task, impl, ctx)
         if task.kind == "gradcheck":
             return _execute_gradcheck(task, impl, ctx)
+        if task.kind == "scaling":
+            return _execute_scaling(task, impl, ctx)
         return _execute_opcheck(task, impl)
     except Exception as exc:
         return [_row(task, impl, check, "error", error_detail(exc))]
@@ -452,7 +468,10 @@ def _execute_case(task: Task, impl: Impl, ctx: Context, module: bool = False) ->
             all_passed &= c.passed
         else:
             for name, g in ref.grads.items():
-                c = compare(grads.get(name), g, pt.grads.get(name) if pt else None, dtype, tol, rule, k, f"grad {name}")
+                got = grads.get(name)
+                if got is None and not bool(g.any()):
+                    got = torch.zeros_like(g)  # no gradient where none is expected
+                c = compare(got, g, pt.grads.get(name) if pt else None, dtype, tol, rule, k, f"grad {name}")
                 rows.append(
                     _row(
                         task,
@@ -606,9 +625,74 @@ def _bytes_moved(inputs: Inputs, pass_: str) -> float:
     return float(2 * nbytes if pass_ == "fwd" else 6 * nbytes)
 
 
+def _execute_scaling(task: Task, impl: Impl, ctx: Context) -> list[Row]:
+    """Times one impl along a sweep (each point checked first) and judges the fitted exponent."""
+    from attnbench.checks import scaling
+
+    axis = next(a for a in ctx.profile.scaling if a.name == task.detail)
+    mech = REGISTRY.mechanisms[axis.mechanism]
+    tol = ctx.suite.tolerance(task.dtype)
+    rule = tol.enforced(task.dtype, ctx.profile.name)
+    k = tol.k if tol.k is not None else mech.rule_k
+    rows: list[Row] = []
+    points: dict[str, list[dict[str, Any]]] = {}
+    check = f"scaling:{axis.name}"
+    for value, case in scaling.axis_cases(axis):
+        point_task = Task("scaling", impl.name, case, task.dtype, task.device, axis.name)
+        reason = impl.unsupported_reason(case, task.dtype, task.device)
+        if reason:
+            rows.append(_row(point_task, impl, check, "skip", f"{axis.axis}={value}: {reason}"))
+            break
+        fn = core_function(impl, case)
+        inputs = case_inputs(case).to(DTYPES[task.dtype], task.device)
+        with torch.no_grad():
+            outputs = as_outputs(inputs.call(fn), impl.name)
+        ref = reference(ctx, case, grads=False)
+        pt = pytorch_baseline(ctx, case, task.dtype, task.device) if rule == "K" else None
+        _check_contract(outputs, ref.outputs, task.dtype, task.device, impl.name)
+        cmp = worst(
+            [
+                compare(o, r, pt.outputs[i] if pt else None, task.dtype, tol, rule, k, "out")
+                for i, (o, r) in enumerate(zip(outputs, ref.outputs, strict=True))
+            ]
+        )
+        if not cmp.passed:
+            rows.append(
+                _row(
+                    point_task,
+                    impl,
+                    check,
+                    "fail",
+                    f"{axis.axis}={value}: not timed, equivalence failed: {cmp.detail}",
+                    cmp=cmp,
+                )
+            )
+            break
+        for perf in _measure(point_task, impl, ctx, fn, inputs, mech):
+            assert isinstance(perf, PerfRow)
+            perf.case_name = f"scaling:{axis.name}:{value}"
+            rows.append(perf)
+            points.setdefault(perf.pass_, []).append(
+                {"value": value, "median_s": perf.median_s, "peak_bytes": perf.peak_bytes, "flops": perf.flops}
+            )
+    for pass_, pts in points.items():
+        fits = scaling.fits_for(pts, axis)
+        status, detail = scaling.verdict(fits["time"], fits["theory"], axis.tolerance)
+        fit = fits["time"]
+        row = _row(task, impl, check, status, f"{pass_}: {detail}")
+        if fit is not None:
+            row.statistic = fit.exponent
+            row.max_abs_err = abs(fit.exponent - fits["theory"])
+            row.atol = axis.tolerance
+        rows.append(row)
+    for r in rows:
+        r.task = task.key  # one task for resume and sharding, whatever point a row is about
+    return rows
+
+
 def _probe_contract(task: Task, impl: Impl, ctx: Context) -> None:
     """One forward in the task's dtype: a wrong type, shape, dtype or device is an error, not a failure."""
-    ref = reference(ctx, task.case)
+    ref = reference(ctx, task.case, grads=False)
     inputs = case_inputs(task.case).to(DTYPES[task.dtype], task.device)
     with torch.no_grad():
         outputs = as_outputs(inputs.call(core_function(impl, task.case)), impl.name)
@@ -616,6 +700,10 @@ def _probe_contract(task: Task, impl: Impl, ctx: Context) -> None:
 
 
 def _execute_property(task: Task, impl: Impl, ctx: Context) -> list[Row]:
+    if impl.kind == "naive":
+        too_large = naive_too_large(REGISTRY.mechanisms[task.case.mechanism], task.case)
+        if too_large:
+            return [_row(task, impl, first_check(task), "skip", too_large)]
     _probe_contract(task, impl, ctx)
     mech = REGISTRY.mechanisms[task.case.mechanism]
     props = {p.name: p for p in mech.properties}
@@ -641,7 +729,13 @@ def _execute_gradcheck(task: Task, impl: Impl, ctx: Context) -> list[Row]:
             return [_row(task, impl, "gradcheck", "skip", too_large)]
     _probe_contract(task, impl, ctx)
     inputs = case_inputs(case).to(torch.float64, task.device)
-    ok, detail = run_gradcheck(core_function(impl, case), inputs, nondet_tol=1e-12 if impl.kind == "ext" else 0.0)
+    # naive loops cost ~µs per scalar op: gradcheck's fast mode (one random projection) keeps them affordable
+    ok, detail = run_gradcheck(
+        core_function(impl, case),
+        inputs,
+        nondet_tol=1e-12 if impl.kind == "ext" else 0.0,
+        fast_mode=impl.kind == "naive",
+    )
     return [_row(task, impl, "gradcheck", "pass" if ok else "fail", detail)]
 
 

@@ -228,7 +228,10 @@ def parse_suite(raw: Mapping[str, Any], path: str, default_name: str = "suite") 
     REGISTRY.discover()
     for m in mechanisms:
         if m not in REGISTRY.mechanisms:
-            raise r.fail("mechanisms", f"unknown mechanism {m!r}; known: {', '.join(sorted(REGISTRY.mechanisms))}")
+            broken = "".join(f"; impls/{pkg} failed to import: {why}" for pkg, why in REGISTRY.broken.items())
+            raise r.fail(
+                "mechanisms", f"unknown mechanism {m!r}; known: {', '.join(sorted(REGISTRY.mechanisms))}{broken}"
+            )
 
     checks_t = r.table(raw.get("checks", {}), "checks")
     r.only(checks_t, CHECKS, "checks")

@@ -39,3 +39,7 @@ def test_every_mechanism_has_reference_and_vectorized() -> None:
 def test_every_mechanism_has_a_suite() -> None:
     for mech in REGISTRY.all_mechanisms():
         assert suites_for(mech.name), f"no suite in suites/ uses {mech.name}"
+
+
+def test_every_impls_package_imports() -> None:
+    assert not REGISTRY.broken, f"impls packages failed to import: {REGISTRY.broken}"

@@ -11,7 +11,9 @@ from torch.autograd.gradcheck import GradcheckError
 from attnbench.registry import Inputs
 
 
-def run_gradcheck(fn: Callable[..., Any], inputs: Inputs, nondet_tol: float = 0.0) -> tuple[bool, str]:
+def run_gradcheck(
+    fn: Callable[..., Any], inputs: Inputs, nondet_tol: float = 0.0, fast_mode: bool = False
+) -> tuple[bool, str]:
     """Runs gradcheck w.r.t. the differentiable inputs; returns (passed, detail).
 
     Inputs must already be float64; non-differentiable tensors are held fixed.
@@ -26,9 +28,9 @@ def run_gradcheck(fn: Callable[..., Any], inputs: Inputs, nondet_tol: float = 0.
 
     args = tuple(inputs.tensors[n].detach().requires_grad_(True) for n in diff)
     try:
-        ok = torch.autograd.gradcheck(f, args, nondet_tol=nondet_tol, raise_exception=True)
+        ok = torch.autograd.gradcheck(f, args, nondet_tol=nondet_tol, raise_exception=True, fast_mode=fast_mode)
     except GradcheckError as exc:  # a wrong gradient; any other exception is the impl crashing
         msg = str(exc).strip().splitlines()
         return False, " ".join(msg[:6])[:600]
     sizes = ", ".join(f"{n}{tuple(inputs.tensors[n].shape)}" for n in diff)
-    return bool(ok), f"gradcheck w.r.t. {sizes}"
+    return bool(ok), f"gradcheck{' (fast mode)' if fast_mode else ''} w.r.t. {sizes}"

@@ -69,8 +69,17 @@ def fingerprint(threads: int | None = None) -> dict[str, Any]:
         "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "openmp": torch.backends.openmp.is_available(),
         "commit": git_commit(),
+        "load_average_1m": _load_average(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _load_average() -> float | None:
+    """Other work on the machine when the run started: high values mean noisy timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def set_threads(threads: int) -> int:

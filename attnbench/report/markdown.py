@@ -111,10 +111,14 @@ def write_report(out: Path) -> Path:
         f"- machine: {env.get('cpu_model', '?')} ({env.get('cpu_count', '?')} cores), "
         f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}"
         + (f", GPU {env['cuda_device']}" if env.get("cuda_device") else ", no GPU"),
+        f"- load average at start: {env.get('load_average_1m', '?')} "
+        f"(≫ {env.get('cpu_count', '?')} cores means other work competed: timings are noisy)",
         f"- commit `{env.get('commit', '?') or 'unknown'}`, run at {env.get('time', '?')}; "
         f"command: `{env.get('command', '')}`",
         "",
     ]
+    if env.get("warning"):
+        lines += [f"> **Warning:** {env['warning']}", ""]
     status, counts = verdict(checks)
     lines += ["## Verdict", "", f"**{status}** — " + ", ".join(f"{v} {k}" for k, v in counts.items()), ""]
     if not checks.empty:
@@ -132,6 +136,10 @@ def write_report(out: Path) -> Path:
         lines += performance_section(perf, out)
         lines += memory_section(perf)
         lines += bandwidth_section(perf, env)
+    from attnbench.report import ccnet_vs_nonlocal, scaling_section
+
+    lines += scaling_section.section(out, env)
+    lines += ccnet_vs_nonlocal.section(out, env)
     for section in SECTIONS:
         lines += section(out, env)
     if not checks.empty:
