@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -231,9 +232,9 @@ def check_cuda(mech: str | None = None, arch: str = "75") -> list[tuple[Path, bo
 
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     includes.append(f"-I{sysconfig.get_paths()['include']}")
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cu in cuda_sources(mech):
+
+        def compile_one(cu: Path) -> tuple[Path, bool, str]:
             cmd = [
                 nvcc,
                 "-c",
@@ -250,7 +251,11 @@ def check_cuda(mech: str | None = None, arch: str = "75") -> list[tuple[Path, bo
                 "-D_GLIBCXX_USE_CXX11_ABI=1",
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            results.append((cu, proc.returncode == 0, (proc.stdout + proc.stderr).strip()))
+            return cu, proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+        # one nvcc per core: each file takes minutes (four dtypes of templates)
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(compile_one, cuda_sources(mech)))
     return results
 
 
