@@ -33,6 +33,9 @@ import torch
 from attnbench.errors import UsageError
 
 IMPLS_DIR = Path(__file__).resolve().parent.parent / "impls"
+# Headers shared by several mechanisms (softmax tiles, the CUDA stream/guard shim):
+# on every include path and hashed into every build key.
+COMMON_CSRC = IMPLS_DIR / "_common" / "csrc"
 # No -std here: torch's cpp_extension passes the standard its headers need (c++17 or
 # c++20); a later -std=c++17 would silently override it.
 CFLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
@@ -56,12 +59,19 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "attnbench"
 
 
-def sources(mech: str) -> tuple[list[Path], list[Path], list[Path]]:
-    """(cpp sources, cuda sources, headers) of ``impls/<mech>/csrc``."""
+def sources(mech: str) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """(cpp sources, cuda sources, C++ headers, CUDA headers) of ``impls/<mech>/csrc`` and the shared folder."""
     csrc = IMPLS_DIR / mech / "csrc"
     if not csrc.is_dir():
         raise BuildError(f"{mech}: no csrc folder at {csrc}")
-    return sorted(csrc.glob("*.cpp")), sorted(csrc.glob("*.cu")), sorted(csrc.glob("*.h")) + sorted(csrc.glob("*.cuh"))
+    folders = (csrc, COMMON_CSRC)
+    headers = [p for f in folders for p in sorted(f.glob("*.h"))]
+    cuda_headers = [p for f in folders for p in sorted(f.glob("*.cuh"))]
+    return sorted(csrc.glob("*.cpp")), sorted(csrc.glob("*.cu")), headers, cuda_headers
+
+
+def include_dirs(mech: str) -> list[str]:
+    return [str(IMPLS_DIR / mech / "csrc"), str(COMMON_CSRC)]
 
 
 def _compiler() -> str:
@@ -109,10 +119,11 @@ def _cuda_home() -> str | None:
 
 
 def build_key(mech: str, cuda: bool) -> str:
-    cpp, cu, headers = sources(mech)
+    cpp, cu, headers, cuda_headers = sources(mech)
     h = hashlib.sha256()
-    for p in cpp + headers + (cu if cuda else []):
-        h.update(p.name.encode())
+    # a CPU-only build does not read the CUDA files: editing them must not rebuild it
+    for p in cpp + headers + (cu + cuda_headers if cuda else []):
+        h.update(str(p.relative_to(IMPLS_DIR)).encode())
         h.update(p.read_bytes())
     from attnbench.measure.env import cpu_model
 
@@ -163,7 +174,7 @@ def _compiler_message(exc: BaseException) -> str:
 
 def _build(mech: str, verbose: bool) -> str:
     cuda = want_cuda()
-    cpp, cu, _ = sources(mech)
+    cpp, cu, _, _ = sources(mech)
     if not cpp:
         raise BuildError(f"{mech}: no .cpp sources in impls/{mech}/csrc")
     key = build_key(mech, cuda)
@@ -191,7 +202,7 @@ def _build(mech: str, verbose: bool) -> str:
         extra_cflags=CFLAGS + (["-DATTNBENCH_CUDA"] if cuda else []),
         extra_ldflags=LDFLAGS,
         extra_cuda_cflags=cuda_flags,
-        extra_include_paths=[str(IMPLS_DIR / mech / "csrc")],
+        extra_include_paths=include_dirs(mech),
         build_directory=str(folder),
         with_cuda=cuda,
         is_python_module=False,
@@ -247,6 +258,7 @@ def check_cuda(mech: str | None = None, arch: str = "75") -> list[tuple[Path, bo
                 "-Xcompiler",
                 "-fPIC",
                 f"-I{cu.parent}",
+                f"-I{COMMON_CSRC}",
                 *includes,
                 "-D_GLIBCXX_USE_CXX11_ABI=1",
             ]

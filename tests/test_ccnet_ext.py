@@ -357,6 +357,26 @@ def test_parallel_for_runs_on_two_threads() -> None:
     assert after > before, f"no worker thread started ({before} -> {after} threads): at::parallel_for ran serially"
 
 
+def test_build_key_follows_shared_headers_and_ignores_cuda_files_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Editing impls/_common/csrc rebuilds its users; a CUDA-only edit leaves a CPU build cached."""
+    impls = tmp_path / "impls"
+    for folder in ("non_local", "_common"):
+        shutil.copytree(ROOT / "impls" / folder / "csrc", impls / folder / "csrc")
+    monkeypatch.setattr(build, "IMPLS_DIR", impls)
+    monkeypatch.setattr(build, "COMMON_CSRC", impls / "_common" / "csrc")
+    cpu, gpu = build.build_key("non_local", cuda=False), build.build_key("non_local", cuda=True)
+    with open(impls / "_common" / "csrc" / "softmax_tiles_cuda.cuh", "a") as f:
+        f.write("// edited\n")
+    assert build.build_key("non_local", cuda=False) == cpu
+    assert build.build_key("non_local", cuda=True) != gpu
+    with open(impls / "_common" / "csrc" / "softmax_math.h", "a") as f:
+        f.write("// edited\n")
+    assert build.build_key("non_local", cuda=False) != cpu
+    assert str(impls / "_common" / "csrc") in build.include_dirs("non_local")
+
+
 def test_check_cuda_compiles_the_cu_sources() -> None:
     if build.nvcc_path() is None:
         pytest.skip("nvcc not found: CUDA sources cannot be compiled here")

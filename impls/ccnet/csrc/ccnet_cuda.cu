@@ -8,27 +8,13 @@
 // energies [L, TX] in shared memory, softmaxes them and aggregates; the
 // [B, H+W-1, H, W] map never exists.
 //
-// Kernels run on the current stream. It comes from <c10/cuda/CUDAStream.h> (the
-// same stream at::cuda::getCurrentCUDAStream returns) rather than
-// <ATen/cuda/CUDAContext.h>, which needs cuSPARSE/cuBLAS headers that a minimal
-// CUDA toolkit (e.g. the CI's nvcc -c check) does not have.
+// Stream, device guard and launch check: impls/_common/csrc/cuda_compat.cuh.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#define ATTNBENCH_C10_CUDA 1
-#else
-// A CPU-only torch wheel ships c10/cuda without its generated config header, so
-// `attnbench build --check-cuda` on a CPU machine compiles the kernels against
-// this fallback (legacy default stream, no device guard). A CUDA torch, the only
-// one that ever loads this file, always takes the branch above.
-#define ATTNBENCH_C10_CUDA 0
-#endif
+#include "cuda_compat.cuh"
 
 #include <algorithm>
 
@@ -38,21 +24,8 @@
 namespace attnbench_ccnet {
 namespace {
 
-#if ATTNBENCH_C10_CUDA
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
-using DeviceGuard = c10::cuda::CUDAGuard;
-#define ATTNBENCH_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
-#else
-inline cudaStream_t current_stream() { return nullptr; }
-struct DeviceGuard {
-  explicit DeviceGuard(const c10::Device&) {}
-};
-#define ATTNBENCH_LAUNCH_CHECK()                                             \
-  do {                                                                       \
-    const cudaError_t err = cudaGetLastError();                              \
-    TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err)); \
-  } while (0)
-#endif
+using attnbench_cuda::current_stream;
+using attnbench_cuda::DeviceGuard;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 30;  // grid-stride loops cover the rest

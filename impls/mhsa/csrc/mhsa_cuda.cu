@@ -6,27 +6,13 @@
 // row, then one thread per query row for dq and one thread per key for dk, dv,
 // both recomputing p from lse: deterministic, no atomics.
 //
-// The current stream comes from <c10/cuda/CUDAStream.h> (the stream that
-// at::cuda::getCurrentCUDAStream returns) rather than <ATen/cuda/CUDAContext.h>,
-// which needs the cuSPARSE/cuBLAS headers a minimal toolkit (the CI's
-// `nvcc -c` check) lacks; same pattern as impls/ccnet/csrc/ccnet_cuda.cu.
+// Stream, device guard and launch check: impls/_common/csrc/cuda_compat.cuh.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#define ATTNBENCH_C10_CUDA 1
-#else
-// A CPU-only torch wheel ships c10/cuda without its generated config header:
-// `attnbench build --check-cuda` then compiles against this fallback (default
-// stream, no device guard). A CUDA torch, the only one that loads this file,
-// takes the branch above.
-#define ATTNBENCH_C10_CUDA 0
-#endif
+#include "cuda_compat.cuh"
 
 #include <tuple>
 
@@ -35,21 +21,8 @@
 namespace attnbench_mhsa {
 namespace {
 
-#if ATTNBENCH_C10_CUDA
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
-using DeviceGuard = c10::cuda::CUDAGuard;
-#define ATTNBENCH_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
-#else
-inline cudaStream_t current_stream() { return nullptr; }
-struct DeviceGuard {
-  explicit DeviceGuard(const c10::Device&) {}
-};
-#define ATTNBENCH_LAUNCH_CHECK()                                                             \
-  do {                                                                                       \
-    const cudaError_t err = cudaGetLastError();                                              \
-    TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err)); \
-  } while (0)
-#endif
+using attnbench_cuda::current_stream;
+using attnbench_cuda::DeviceGuard;
 
 constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;  // per-thread accumulators live in registers/local memory

@@ -7,21 +7,11 @@
 // writes the plane. Backward recomputes f from m and the statistics with the same
 // layout. Half types accumulate in float.
 //
-// The stream comes from <c10/cuda/CUDAStream.h> (what at::cuda::getCurrentCUDAStream
-// forwards to): <ATen/cuda/CUDAContext.h> needs cusparse.h, absent from the
-// compile-only CUDA toolkit of the CPU CI machines. The CPU torch wheel also lacks
-// the generated <c10/cuda/impl/cuda_cmake_macros.h> (it only matters for Windows
-// DLL exports), so it is skipped where absent.
-#if defined(__has_include)
-#if !__has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#define C10_CUDA_NO_CMAKE_CONFIGURE_FILE
-#endif
-#endif
+// Stream, device guard and launch check: impls/_common/csrc/cuda_compat.cuh.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "cuda_compat.cuh"
 
 #include <algorithm>
 #include <vector>
@@ -189,14 +179,14 @@ std::vector<int64_t> stats_shape(const at::Tensor& trunk, int64_t kind) {
 
 std::tuple<at::Tensor, at::Tensor> ran_forward_cuda(const at::Tensor& trunk_, const at::Tensor& mask_, int64_t kind) {
   check_pair("ran_forward", trunk_, mask_, kind);
-  const c10::cuda::CUDAGuard guard(trunk_.device());
+  const attnbench_cuda::DeviceGuard guard(trunk_.device());
   const at::Tensor trunk = trunk_.contiguous(), mask = mask_.contiguous();
   const int64_t B = trunk.size(0), C = trunk.size(1), HW = trunk.size(2) * trunk.size(3), n = trunk.numel();
   at::Tensor out = at::empty_like(trunk, at::MemoryFormat::Contiguous);
   const auto stype = trunk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor stats = at::empty(stats_shape(trunk, kind), trunk.options().dtype(stype));
   if (n == 0) return {out, stats};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = attnbench_cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, trunk.scalar_type(), "ran_forward_cuda", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* T = trunk.data_ptr<scalar_t>();
@@ -211,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> ran_forward_cuda(const at::Tensor& trunk_, co
       spatial_forward<scalar_t, acc_t><<<static_cast<unsigned>(B * C), kThreads, 0, stream>>>(
           T, M, O, stats.data_ptr<acc_t>(), HW);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
   });
   return {out, stats};
 }
@@ -229,14 +219,14 @@ std::tuple<at::Tensor, at::Tensor> ran_backward_cuda(const at::Tensor& grad_out_
                   stats_.device() == trunk_.device(),
               "ran_backward: stats must be ", stype, " of shape ", at::IntArrayRef(shape), ", got ",
               stats_.scalar_type(), " ", stats_.sizes());
-  const c10::cuda::CUDAGuard guard(trunk_.device());
+  const attnbench_cuda::DeviceGuard guard(trunk_.device());
   const at::Tensor g = grad_out_.contiguous(), trunk = trunk_.contiguous(), mask = mask_.contiguous();
   const at::Tensor stats = stats_.contiguous();
   const int64_t B = trunk.size(0), C = trunk.size(1), HW = trunk.size(2) * trunk.size(3), n = trunk.numel();
   at::Tensor dt = at::empty_like(trunk, at::MemoryFormat::Contiguous);
   at::Tensor dm = at::empty_like(trunk, at::MemoryFormat::Contiguous);
   if (n == 0) return {dt, dm};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = attnbench_cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, trunk.scalar_type(), "ran_backward_cuda", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* G = g.data_ptr<scalar_t>();
@@ -253,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> ran_backward_cuda(const at::Tensor& grad_out_
       spatial_backward<scalar_t, acc_t><<<static_cast<unsigned>(B * C), kThreads, 0, stream>>>(
           G, T, M, stats.data_ptr<acc_t>(), DT, DM, HW);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
   });
   return {dt, dm};
 }

@@ -5,21 +5,11 @@
 // Backward mirrors it: a block per plane for ds = Σ g·x, threads per (b, r) and
 // (b, c) for the MLP transposes, an elementwise kernel for dx, one thread per
 // weight entry for the batch sums. Half types accumulate in float.
-// The stream comes from <c10/cuda/CUDAStream.h> (what at::cuda::getCurrentCUDAStream
-// forwards to): <ATen/cuda/CUDAContext.h> needs cusparse.h, absent from the
-// compile-only CUDA toolkit of the CPU CI machines. The CPU torch wheel also lacks
-// the generated <c10/cuda/impl/cuda_cmake_macros.h> (it only matters for Windows
-// DLL exports), so it is skipped where absent.
-#if defined(__has_include)
-#if !__has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#define C10_CUDA_NO_CMAKE_CONFIGURE_FILE
-#endif
-#endif
+// Stream, device guard and launch check: impls/_common/csrc/cuda_compat.cuh.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "cuda_compat.cuh"
 
 #include "se.h"
 
@@ -170,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(const
                                                                            const std::optional<at::Tensor>& b2_) {
   check_cuda_inputs("se_forward", {&x_, &w1_, &w2_});
   check_shapes("se_forward", x_, w1_, w2_);
-  const c10::cuda::CUDAGuard guard(x_.device());
+  const attnbench_cuda::DeviceGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
   const at::Tensor b1 = b1_.has_value() ? b1_->contiguous() : at::Tensor();
   const at::Tensor b2 = b2_.has_value() ? b2_->contiguous() : at::Tensor();
@@ -185,23 +175,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(const
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto st = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   at::Tensor z = at::empty({B, C}, st), u = at::empty({B, Cr}, st), s = at::empty({B, C}, st);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = attnbench_cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cuda", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* b1p = b1.defined() ? b1.data_ptr<scalar_t>() : nullptr;
     const scalar_t* b2p = b2.defined() ? b2.data_ptr<scalar_t>() : nullptr;
     pool_kernel<scalar_t, acc_t><<<static_cast<unsigned>(B * C), kThreads, 0, stream>>>(x.data_ptr<scalar_t>(),
                                                                                         z.data_ptr<acc_t>(), HW);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     hidden_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(B * Cr, kThreads)), kThreads, 0, stream>>>(
         w1.data_ptr<scalar_t>(), b1p, z.data_ptr<acc_t>(), u.data_ptr<acc_t>(), B, C, Cr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     gate_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(B * C, kThreads)), kThreads, 0, stream>>>(
         w2.data_ptr<scalar_t>(), b2p, u.data_ptr<acc_t>(), s.data_ptr<acc_t>(), B, C, Cr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     scale_kernel<scalar_t, acc_t><<<elementwise_blocks(n), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), s.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), n, HW);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
   });
   return {out, z, u, s};
 }
@@ -214,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   TORCH_CHECK(grad_out_.sizes() == x_.sizes() && grad_out_.scalar_type() == x_.scalar_type(),
               "se_backward: grad_out must be ", x_.scalar_type(), " of shape ", x_.sizes(), ", got ",
               grad_out_.scalar_type(), " ", grad_out_.sizes());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  const attnbench_cuda::DeviceGuard guard(x_.device());
   const at::Tensor g = grad_out_.contiguous(), x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
   const at::Tensor z = z_.contiguous(), u = u_.contiguous(), s = s_.contiguous();
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Cr = w1.size(0), n = x.numel();
@@ -228,26 +218,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   at::Tensor dw2 = at::empty_like(w2, at::MemoryFormat::Contiguous), db2 = at::empty({C}, w1.options());
   const auto st = x.options().dtype(stype);
   at::Tensor dp2 = at::empty({B, C}, st), dp1 = at::empty({B, Cr}, st), dz = at::empty({B, C}, st);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = attnbench_cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cuda", [&] {
     using acc_t = acc_type_t<scalar_t>;
     gate_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(B * C), kThreads, 0, stream>>>(
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), s.data_ptr<acc_t>(), dp2.data_ptr<acc_t>(), HW);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     hidden_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(B * Cr, kThreads)), kThreads, 0, stream>>>(
         w2.data_ptr<scalar_t>(), dp2.data_ptr<acc_t>(), u.data_ptr<acc_t>(), dp1.data_ptr<acc_t>(), B, C, Cr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     pooled_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(B * C, kThreads)), kThreads, 0, stream>>>(
         w1.data_ptr<scalar_t>(), dp1.data_ptr<acc_t>(), dz.data_ptr<acc_t>(), B, C, Cr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     input_grad_kernel<scalar_t, acc_t><<<elementwise_blocks(n), kThreads, 0, stream>>>(
         g.data_ptr<scalar_t>(), s.data_ptr<acc_t>(), dz.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), n, HW);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
     weight_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C * Cr, kThreads)), kThreads, 0, stream>>>(
         dp2.data_ptr<acc_t>(), dp1.data_ptr<acc_t>(), z.data_ptr<acc_t>(), u.data_ptr<acc_t>(),
         dw1.data_ptr<scalar_t>(), db1.data_ptr<scalar_t>(), dw2.data_ptr<scalar_t>(), db2.data_ptr<scalar_t>(), B, C,
         Cr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ATTNBENCH_LAUNCH_CHECK();
   });
   return {dx, dw1, db1, dw2, db2};
 }

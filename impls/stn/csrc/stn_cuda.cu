@@ -6,23 +6,14 @@
 // to the input dtype at the end. Launch sizes are ceil-divisions: stn.pytorch's early
 // CUDA launch used W/16 blocks and silently skipped the last columns.
 //
-// Headers: a real build (CUDA torch + full toolkit) takes the stream from
-// ATen/cuda/CUDAContext.h. `attnbench build --check-cuda` compiles against the CPU torch
-// wheel, which lacks c10/cuda/impl/cuda_cmake_macros.h (and a bare toolkit lacks
-// cusparse.h), so there the launches use the legacy default stream: that branch exists
-// only so the kernels and dispatch code get compiled on CPU-only CI.
+// Stream, device guard and launch check: impls/_common/csrc/cuda_compat.cuh.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>) && __has_include(<cusparse.h>)
-#include <ATen/cuda/CUDAContext.h>
-#define ATTNBENCH_STN_STREAM() at::cuda::getCurrentCUDAStream()
-#else
-#include <cuda_runtime.h>
-#define ATTNBENCH_STN_STREAM() static_cast<cudaStream_t>(0)
-#endif
+
+#include "cuda_compat.cuh"
 
 #include "stn.h"
 
@@ -30,11 +21,6 @@ namespace attnbench_stn {
 namespace {
 
 constexpr int kThreads = 256;
-
-inline void check_launch() {
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, "attnbench_stn: CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 inline unsigned int blocks_for(int64_t n) {
   return static_cast<unsigned int>((n + kThreads - 1) / kThreads);  // ceil, never truncate
@@ -148,10 +134,10 @@ at::Tensor bilinear_forward_cuda(const at::Tensor& inp_, const at::Tensor& grid_
                                   "bilinear_forward_cuda", [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
                                     bilinear_forward_kernel<scalar_t, acc_t>
-                                        <<<blocks_for(n), kThreads, 0, ATTNBENCH_STN_STREAM()>>>(
+                                        <<<blocks_for(n), kThreads, 0, attnbench_cuda::current_stream()>>>(
                                             inp.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(),
                                             out.data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, align_corners);
-                                    check_launch();
+                                    ATTNBENCH_LAUNCH_CHECK();
                                   });
   return out;
 }
@@ -177,11 +163,11 @@ std::tuple<at::Tensor, at::Tensor> bilinear_backward_cuda(const at::Tensor& gout
                                     "bilinear_backward_cuda", [&] {
                                       using acc_t = at::opmath_type<scalar_t>;
                                       bilinear_backward_kernel<scalar_t, acc_t>
-                                          <<<blocks_for(n), kThreads, 0, ATTNBENCH_STN_STREAM()>>>(
+                                          <<<blocks_for(n), kThreads, 0, attnbench_cuda::current_stream()>>>(
                                               gout.data_ptr<scalar_t>(), inp.data_ptr<scalar_t>(),
                                               grid.data_ptr<scalar_t>(), ginp_acc.data_ptr<acc_t>(),
                                               ggrid.data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, align_corners);
-                                      check_launch();
+                                      ATTNBENCH_LAUNCH_CHECK();
                                     });
   }
   at::Tensor ginp = ginp_acc.scalar_type() == inp.scalar_type() ? ginp_acc : ginp_acc.to(inp.scalar_type());
@@ -203,10 +189,10 @@ at::Tensor affine_grid_forward_cuda(const at::Tensor& theta_, int64_t H, int64_t
                                   "affine_grid_forward_cuda", [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
                                     affine_forward_kernel<scalar_t, acc_t>
-                                        <<<blocks_for(n), kThreads, 0, ATTNBENCH_STN_STREAM()>>>(
+                                        <<<blocks_for(n), kThreads, 0, attnbench_cuda::current_stream()>>>(
                                             theta.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), B, H, W,
                                             align_corners);
-                                    check_launch();
+                                    ATTNBENCH_LAUNCH_CHECK();
                                   });
   return grid;
 }
@@ -225,10 +211,10 @@ at::Tensor affine_grid_backward_cuda(const at::Tensor& ggrid_, int64_t H, int64_
                                     using acc_t = at::opmath_type<scalar_t>;
                                     affine_backward_kernel<scalar_t, acc_t>
                                         <<<static_cast<unsigned int>(B * 2), kThreads, 0,
-                                           ATTNBENCH_STN_STREAM()>>>(
+                                           attnbench_cuda::current_stream()>>>(
                                             ggrid.data_ptr<scalar_t>(), dtheta.data_ptr<scalar_t>(), H, W,
                                             align_corners);
-                                    check_launch();
+                                    ATTNBENCH_LAUNCH_CHECK();
                                   });
   return dtheta;
 }

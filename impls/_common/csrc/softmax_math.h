@@ -1,6 +1,5 @@
 // Softmax-attention math written once for the CPU and CUDA kernels (no ATen).
-// Shared, byte-identical, by impls/non_local/csrc and impls/danet/csrc
-// (tests/test_nonlocal.py checks the copies agree).
+// Used by impls/non_local and impls/danet (found through impls/_common/csrc).
 #pragma once
 
 #include <cmath>

@@ -7,7 +7,7 @@
 // (CpuRows below, CudaRows in softmax_tiles_cuda.cuh), both built on
 // softmax_math.h.
 //
-// Shared, byte-identical, by impls/non_local/csrc and impls/danet/csrc.
+// Used by impls/non_local and impls/danet (found through impls/_common/csrc).
 #pragma once
 
 #include <ATen/ATen.h>

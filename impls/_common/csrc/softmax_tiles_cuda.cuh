@@ -1,46 +1,18 @@
 // CUDA rows for softmax_tiles.h: one thread per query row, the same
-// softmax_math.h functions as the CPU rows. Shared, byte-identical, by
-// impls/non_local/csrc and impls/danet/csrc.
+// softmax_math.h functions as the CPU rows. Used by impls/non_local and impls/danet.
 #pragma once
 
-//
-// The current stream comes from <c10/cuda/CUDAStream.h> rather than
-// <ATen/cuda/CUDAContext.h>, which needs cuSPARSE/cuBLAS headers a minimal
-// toolkit lacks; a CPU-only torch wheel ships c10/cuda without its generated
-// config header, so `attnbench build --check-cuda` compiles against the
-// fallback below (default stream, no device guard). A CUDA torch, the only one
-// that loads these files, takes the first branch (as impls/mhsa, impls/ccnet).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#define ATTNBENCH_C10_CUDA 1
-#else
-#define ATTNBENCH_C10_CUDA 0
-#endif
+#include "cuda_compat.cuh"
 
 #include "softmax_math.h"
 
 namespace attnbench_tiles {
 
-#if ATTNBENCH_C10_CUDA
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
-using DeviceGuard = c10::cuda::CUDAGuard;
-#define ATTNBENCH_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
-#else
-inline cudaStream_t current_stream() { return nullptr; }
-struct DeviceGuard {
-  explicit DeviceGuard(const c10::Device&) {}
-};
-#define ATTNBENCH_LAUNCH_CHECK()                                                             \
-  do {                                                                                       \
-    const cudaError_t err = cudaGetLastError();                                              \
-    TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err)); \
-  } while (0)
-#endif
+using attnbench_cuda::current_stream;
+using attnbench_cuda::DeviceGuard;
 
 constexpr int kRowThreads = 128;
 
