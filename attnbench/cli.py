@@ -320,8 +320,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             task = by_key.get((v.impl, v.case, v.dtype, v.device))
             return runner.remeasure(task, ctx, v.pass_) if task else None
 
+        def interleaved(v: compare.PerfVerdict, base_row: dict[str, str]) -> tuple[list[float], list[float]] | None:
+            task = by_key.get((v.impl, v.case, v.dtype, v.device))
+            old = REGISTRY.impl_with_code(v.mechanism, base_row.get("code", ""))
+            if task is None or old is None:
+                return None
+            return runner.remeasure_interleaved(task, ctx, v.pass_, old)
+
         regression, fail = compare.gate(
-            Path(args.baseline), out, suite, force=args.force, console=console, remeasure=again
+            Path(args.baseline),
+            out,
+            suite,
+            force=args.force,
+            console=console,
+            remeasure=again,
+            interleave=interleaved,
         )
         if fail:
             checks_rows = checks_rows + [{"status": "fail", "expected": "", "check": "baseline"}]

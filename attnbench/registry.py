@@ -14,6 +14,8 @@ citizen::
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -32,6 +34,10 @@ from attnbench.errors import UsageError
 
 KINDS = ("naive", "vectorized", "ext", "peer", "user")
 NAIVE_WORK_BUDGET = 200_000  # inner-loop iterations (specs/README.md §2)
+# Differentiating through the naive loops builds one autograd node per scalar op and
+# costs 4-8x the forward (CCNet at 9e4 iterations: 5 s forward, 40 s backward), so a
+# reference that needs gradients gets a quarter of the budget.
+NAIVE_GRAD_WORK_BUDGET = NAIVE_WORK_BUDGET // 4
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,9 @@ class Property:
     """A mechanism invariant checked on an impl (specs/<mech>.md §Properties).
 
     ``fn(impl_fn, case, dtype, device)`` returns a :class:`PropertyOutcome`;
-    ``applies(case)`` says on which shape cases it is meaningful.
+    ``applies(case)`` says on which shape cases it is meaningful. A property of
+    a module (``ModuleDef.properties``) gets the module's forward already bound
+    to the impl's core (or the impl's own module, ``register(modules=...)``).
     """
 
     name: str
@@ -201,6 +209,30 @@ class Mechanism:
 Supports = Callable[[Case, str, str], str | None]
 
 
+def code_hash(fn: Callable[..., Any], source: str, builtin: bool, name: str) -> str:
+    h = hashlib.sha256(name.encode())
+    try:
+        path = Path(inspect.getsourcefile(fn) or source).resolve()
+    except TypeError:  # a builtin or C function: fall back on the registering file
+        path = Path(source).resolve()
+    impls_root = Path(__file__).resolve().parent.parent / "impls"
+    files = [path]
+    if builtin and impls_root in path.parents:
+        package = impls_root / path.relative_to(impls_root).parts[0]
+        files = sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES)
+        files += sorted(p for p in (impls_root / "_common").rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES)
+    for f in files:
+        h.update(str(f.name).encode())
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    return h.hexdigest()[:12]
+
+
+CODE_SUFFIXES = (".py", ".h", ".cuh", ".cpp", ".cu")
+
+
 @dataclass(frozen=True)
 class Impl:
     """One implementation of a core, with what it supports.
@@ -219,6 +251,9 @@ class Impl:
         source: the file that registered it.
         builtin: registered from ``impls/`` rather than a user file.
         doc: one line.
+        modules: module name -> this impl's own whole-module forward, with the
+            signature of the mechanism's ``ModuleDef.forward`` (core first); the
+            module cases then check it against the reference module on the naive core.
     """
 
     mechanism: str
@@ -234,10 +269,19 @@ class Impl:
     source: str = ""
     builtin: bool = False
     doc: str = ""
+    modules: Mapping[str, Callable[..., Any]] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.mechanism}:{self.name}"
+
+    @functools.cached_property
+    def code_hash(self) -> str:
+        """Identity of the code that runs: a built-in's whole package (Python and csrc,
+        shared headers included), a user impl's file. Stored with every timing so that a
+        baseline comparison knows whether it still holds the baseline's code (and can
+        re-measure old and new interleaved) or only its numbers."""
+        return code_hash(self.fn, self.source, self.builtin, self.name)
 
     def capabilities(self) -> str:
         dtypes = ",".join(self.dtypes) if self.dtypes else "all dtypes"
@@ -265,6 +309,9 @@ class Registry:
     def __init__(self) -> None:
         self.mechanisms: dict[str, Mechanism] = {}
         self.impls: dict[str, dict[str, Impl]] = {}
+        # every built-in impl as discovered: a user file may replace one of the same name
+        # in `impls` (to gate a change), the reference roles keep the original
+        self.builtins: dict[str, dict[str, Impl]] = {}
         self.user_files: list[str] = []
         self._discovered = False
         self._loading_user_file: str | None = None
@@ -290,6 +337,15 @@ class Registry:
 
     # -- impls ------------------------------------------------------------
     def add(self, impl: Impl) -> None:
+        mech = self.mechanisms.get(impl.mechanism)
+        if impl.modules and mech is not None:
+            known = {m.name for m in mech.modules}
+            unknown = sorted(set(impl.modules) - known)
+            if unknown:
+                raise ValueError(
+                    f"{impl.source}: impl {impl.name!r} brings modules {unknown} that {impl.mechanism!r} does not "
+                    f"have; its modules: {', '.join(sorted(known)) or 'none'}"
+                )
         table = self.impls.setdefault(impl.mechanism, {})
         old = table.get(impl.name)
         if (impl.mechanism, impl.name) in self._this_load:
@@ -302,6 +358,8 @@ class Registry:
                 stacklevel=3,
             )
         table[impl.name] = impl
+        if impl.builtin:
+            self.builtins.setdefault(impl.mechanism, {})[impl.name] = impl
 
     def impls_for(self, mechanism: str) -> list[Impl]:
         self.discover()
@@ -311,17 +369,30 @@ class Registry:
 
     def reference(self, mechanism: str) -> Impl:
         """The naive impl that serves as the float64 ground truth."""
-        naive = [i for i in self.impls_for(mechanism) if i.kind == "naive" and i.builtin]
+        naive = self._builtin_of_kind(mechanism, "naive")
         if not naive:
             raise UsageError(f"mechanism {mechanism!r} has no built-in naive reference")
         return naive[0]
 
     def vectorized(self, mechanism: str) -> Impl:
         """The built-in vectorized impl (rule K baseline; large-case reference)."""
-        vec = [i for i in self.impls_for(mechanism) if i.kind == "vectorized" and i.builtin]
+        vec = self._builtin_of_kind(mechanism, "vectorized")
         if not vec:
             raise UsageError(f"mechanism {mechanism!r} has no built-in vectorized impl")
         return vec[0]
+
+    def impl_with_code(self, mechanism: str, code: str) -> Impl | None:
+        """An impl of this process whose code hash is ``code`` (a baseline's code, still here)."""
+        if not code:
+            return None
+        self.discover()
+        candidates = [*self.impls.get(mechanism, {}).values(), *self.builtins.get(mechanism, {}).values()]
+        return next((i for i in candidates if i.code_hash == code), None)
+
+    def _builtin_of_kind(self, mechanism: str, kind: str) -> list[Impl]:
+        self.discover()
+        found = self.builtins.get(mechanism, {}).values()
+        return sorted((i for i in found if i.kind == kind), key=lambda i: i.name)
 
     # -- discovery --------------------------------------------------------
     def discover(self) -> None:
@@ -407,6 +478,7 @@ def register(
     available: Callable[[], str | None] | None = None,
     opcheck: Any = None,
     doc: str = "",
+    modules: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Registers an implementation of a mechanism core; returns it unchanged.
 
@@ -421,9 +493,14 @@ def register(
         available: ``() -> reason | None``, checked before each case.
         opcheck: ``(case, dtype, device) -> [(op, args, kwargs)]`` for opcheck.
         doc: one line shown by ``attnbench list``.
+        modules: ``{module name: forward}``: the impl's own version of a module
+            built on the core (same signature as the mechanism's module forward,
+            the core first), checked in that module's cases instead of the
+            reference module composed with this core.
 
     Raises:
-        ValueError: ``kind``, ``devices`` or ``dtypes`` hold unknown values.
+        ValueError: ``kind``, ``devices`` or ``dtypes`` hold unknown values, or
+            ``modules`` names a module the mechanism does not have.
     """
     if kind not in KINDS:
         raise ValueError(f"register({mechanism!r}): kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -454,6 +531,7 @@ def register(
                 source=str(source),
                 builtin=user_file is None,
                 doc=doc or (inspect.getdoc(fn) or "").split("\n", 1)[0],
+                modules=dict(modules) if modules else None,
             )
         )
         return fn

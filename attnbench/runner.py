@@ -24,8 +24,8 @@ from attnbench.cases import DTYPES, Case
 from attnbench.checks.equivalence import Comparison, compare, worst
 from attnbench.checks.gradcheck import run_gradcheck
 from attnbench.measure.memory import peak_extra_bytes, saved_bytes
-from attnbench.measure.timing import time_fn
-from attnbench.registry import NAIVE_WORK_BUDGET, REGISTRY, Impl, Inputs, Mechanism
+from attnbench.measure.timing import time_fn, time_interleaved
+from attnbench.registry import NAIVE_GRAD_WORK_BUDGET, NAIVE_WORK_BUDGET, REGISTRY, Impl, Inputs, Mechanism
 from attnbench.report.csv import CheckRow, PerfRow
 from attnbench.suite import Profile, Suite
 
@@ -173,7 +173,6 @@ class Context:
     suite: Suite
     profile: Profile
     options: Options = field(default_factory=Options)
-    _refs: OrderedDict[str, Reference] = field(default_factory=OrderedDict)
     _pts: OrderedDict[str, Reference | None] = field(default_factory=OrderedDict)
 
     def cached(self, cache: OrderedDict[str, Any], key: str, make: Callable[[], Any], size: int = 8) -> Any:
@@ -234,6 +233,8 @@ def forward_backward(
 def core_function(impl: Impl, case: Case) -> Callable[..., Any]:
     """The impl's callable for a case: the core itself, or the module built on it."""
     if "module" in case.tags:
+        if impl.modules and case.core in impl.modules:  # the impl brings its own module
+            return functools.partial(impl.modules[case.core], impl.fn)
         mech = REGISTRY.mechanisms[case.mechanism]
         return functools.partial(mech.module(case.core).forward, impl.fn)
     return impl.fn
@@ -246,12 +247,15 @@ def case_inputs(case: Case) -> Inputs:
     return mech.make_inputs(case)
 
 
-def naive_too_large(mech: Mechanism, case: Case) -> str | None:
+def naive_too_large(mech: Mechanism, case: Case, grads: bool = False) -> str | None:
+    """Why the naive loops are too slow for ``case`` (with gradients if ``grads``), or ``None``."""
     if "module" in case.tags or mech.naive_work is None:
         return None
     work = mech.naive_work(case)
-    if work > NAIVE_WORK_BUDGET:
-        return f"too large for the naive reference ({work:,} inner iterations > budget {NAIVE_WORK_BUDGET:,})"
+    budget = NAIVE_GRAD_WORK_BUDGET if grads else NAIVE_WORK_BUDGET
+    if work > budget:
+        what = "forward+backward" if grads else "forward"
+        return f"too large for the naive reference ({work:,} inner iterations > {what} budget {budget:,})"
     return None
 
 
@@ -262,7 +266,7 @@ def reference(ctx: Context, case: Case, grads: bool = True) -> Reference:
         mech = REGISTRY.mechanisms[case.mechanism]
         impl = REGISTRY.reference(case.mechanism)
         label = f"{impl.name}(float64)"
-        if naive_too_large(mech, case):
+        if naive_too_large(mech, case, want_grads):
             impl = REGISTRY.vectorized(case.mechanism)
             label = f"{impl.name}(float64; naive over budget)"
         inputs = case_inputs(case).to(torch.float64, "cpu")
@@ -276,7 +280,45 @@ def reference(ctx: Context, case: Case, grads: bool = True) -> Reference:
         )
 
     want_grads = grads
-    return ctx.cached(ctx._refs, f"{case.shape_id}|grads={grads}", make)  # type: ignore[no-any-return]
+    # the mechanism object's identity: a mechanism redefined in this process gets fresh references
+    key = f"{id(REGISTRY.mechanisms[case.mechanism])}|{case.shape_id}|grads="
+    if not grads and f"{key}True" in _REFERENCES:  # the outputs of a gradient reference serve too
+        return _REFERENCES.get(f"{key}True")
+    return _REFERENCES.get_or_make(f"{key}{grads}", make)
+
+
+class _ReferenceCache:
+    """Float64 references shared by every Context of this process, least recently used
+    first out past ``max_bytes``: a case's reference depends only on the case (inputs are
+    seeded from it) and the built-in reference impls, so `verify` of several impls, or
+    several suites with the same case, compute the slow naive loops once."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[Reference, int]] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> Reference:
+        self._items.move_to_end(key)
+        return self._items[key][0]
+
+    def get_or_make(self, key: str, make: Callable[[], Reference]) -> Reference:
+        if key in self._items:
+            return self.get(key)
+        ref = make()
+        size = sum(t.numel() * t.element_size() for t in (*ref.outputs, *ref.grads.values()))
+        self._items[key] = (ref, size)
+        while len(self._items) > 1 and sum(n for _, n in self._items.values()) > self.max_bytes:
+            self._items.popitem(last=False)
+        return ref
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_REFERENCES = _ReferenceCache()
 
 
 def pytorch_baseline(ctx: Context, case: Case, dtype: str, device: str) -> Reference | None:
@@ -414,7 +456,7 @@ def _execute_case(task: Task, impl: Impl, ctx: Context, module: bool = False) ->
     mech = REGISTRY.mechanisms[case.mechanism]
     prefix = f"module:{case.core}:" if module else ""
     if impl.kind == "naive" and not module:
-        too_large = naive_too_large(mech, case)
+        too_large = naive_too_large(mech, case, impl.backward and "backward" in ctx.suite.checks)
         if too_large:
             return [_row(task, impl, "forward", "skip", too_large)]
     ref = reference(ctx, case)
@@ -568,6 +610,7 @@ def _measure(
                 samples_s=";".join(f"{s:.6g}" for s in result.samples),
                 task=task.key,
                 instructions=instructions,
+                code=impl.code_hash,
             )
         )
     return rows
@@ -710,7 +753,8 @@ def _execute_property(task: Task, impl: Impl, ctx: Context) -> list[Row]:
     if "module" in task.case.tags:
         props = {p.name: p for p in mech.module(task.case.core).properties}
     prop = props[task.detail]
-    outcome = prop.fn(impl.fn, task.case, DTYPES[task.dtype], task.device)
+    # a module property gets the module bound to this impl (its own module, if it brings one)
+    outcome = prop.fn(core_function(impl, task.case), task.case, DTYPES[task.dtype], task.device)
     status = "pass" if outcome.passed else "fail"
     cmp = Comparison(outcome.passed, outcome.max_abs_err, float("nan"), outcome.atol, 0.0, outcome.detail)
     row = _row(task, impl, f"property:{prop.name}", status, outcome.detail or prop.description, cmp=cmp)
@@ -724,7 +768,7 @@ def _execute_gradcheck(task: Task, impl: Impl, ctx: Context) -> list[Row]:
     case = task.case
     mech = REGISTRY.mechanisms[case.mechanism]
     if impl.kind == "naive":
-        too_large = naive_too_large(mech, case)
+        too_large = naive_too_large(mech, case, grads=True)
         if too_large:
             return [_row(task, impl, "gradcheck", "skip", too_large)]
     _probe_contract(task, impl, ctx)
@@ -759,6 +803,17 @@ def remeasure(task: Task, ctx: Context, pass_: str) -> list[float]:
     inputs = case_inputs(task.case).to(DTYPES[task.dtype], task.device)
     run = _pass_callable(pass_, core_function(impl, task.case), inputs, task.case, impl.name)
     return list(time_fn(run, ctx.profile.timing, task.device).samples)
+
+
+def remeasure_interleaved(task: Task, ctx: Context, pass_: str, old: Impl) -> tuple[list[float], list[float]]:
+    """Timing samples of ``old`` and of the task's impl measured alternately on the same inputs."""
+    new = REGISTRY.impls[task.case.mechanism][task.impl]
+    inputs = case_inputs(task.case).to(DTYPES[task.dtype], task.device)
+    runs = tuple(
+        _pass_callable(pass_, core_function(impl, task.case), inputs, task.case, impl.name) for impl in (old, new)
+    )
+    a, b = time_interleaved((runs[0], runs[1]), ctx.profile.timing, task.device)
+    return list(a.samples), list(b.samples)
 
 
 def iter_rows(tasks: Sequence[Task], ctx: Context) -> Iterator[tuple[Task, list[Row]]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from attnbench.registry import REGISTRY
 from attnbench.report import benchmark_json
 from attnbench.report.compare import Results, evaluate, load_results, time_verdict
 
@@ -106,6 +107,59 @@ def test_ambiguous_rows_are_remeasured() -> None:
 
     result = evaluate(base, new, remeasure=more)
     assert calls and result.verdicts[0].verdict == "SLOWER" and result.verdicts[0].note == "re-measured"
+
+
+def test_stored_verdict_is_replaced_by_interleaved_measurement_of_baseline_code() -> None:
+    """A drifting machine made the stored samples look 2x slower; re-measuring the
+    baseline's code next to the new code shows they are the same."""
+    base = Results([], [{**perf_row("x", noisy(1.0, 30, 0.02, 1)), "code": "abc"}], ENV, "base")
+    new = Results([], [perf_row("x", noisy(2.0, 30, 0.02, 2))], ENV, "new")
+    asked: list[str] = []
+
+    def interleave(v: object, base_row: dict[str, str]) -> tuple[list[float], list[float]]:
+        asked.append(base_row["code"])
+        return noisy(2.0, 30, 0.02, 3), noisy(2.0, 30, 0.02, 4)
+
+    assert evaluate(base, new).verdicts[0].verdict == "SLOWER"
+    result = evaluate(base, new, interleave=interleave)
+    v = result.verdicts[0]
+    assert asked == ["abc"] and v.verdict == "SAME" and result.exit_code() == 0
+    assert "interleaved" in v.basis and v.note.startswith("SLOWER (+")
+
+
+def test_without_the_baseline_code_the_stored_samples_decide() -> None:
+    base = Results([], [perf_row("x", noisy(1.0, 30, 0.02, 1))], ENV, "base")
+    new = Results([], [perf_row("x", noisy(1.3, 30, 0.02, 2))], ENV, "new")
+    result = evaluate(base, new, interleave=lambda v, row: None)
+    assert result.verdicts[0].verdict == "SLOWER" and "per-call samples" in result.verdicts[0].basis
+
+
+def test_time_interleaved_alternates_and_counts_per_callable() -> None:
+    from attnbench.measure.timing import time_interleaved
+    from attnbench.suite import Timing
+
+    calls: list[str] = []
+    a, b = time_interleaved(
+        (lambda: calls.append("a"), lambda: calls.append("b")), Timing(warmup=1, min_runs=4, max_runs=4, min_time_s=0)
+    )
+    assert a.runs == b.runs == 4
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_impl_with_code_finds_the_builtin_a_user_file_replaced(tmp_path: Path) -> None:
+    builtin = REGISTRY.impls["ccnet"]["vectorized"]
+    changed = tmp_path / "changed.py"
+    changed.write_text(
+        "import attnbench\nfrom impls.ccnet.vectorized import cca_vectorized\n"
+        "attnbench.register('ccnet', kind='vectorized', name='vectorized')(lambda q, k, v: cca_vectorized(q, k, v))\n"
+    )
+    with pytest.warns(UserWarning, match="replaces the built-in"):
+        REGISTRY.load_user_file(changed)
+    user = REGISTRY.impls["ccnet"]["vectorized"]
+    assert user.code_hash != builtin.code_hash
+    assert REGISTRY.impl_with_code("ccnet", builtin.code_hash) is builtin
+    assert REGISTRY.impl_with_code("ccnet", user.code_hash) is user
+    assert REGISTRY.impl_with_code("ccnet", "0" * 12) is None
 
 
 def read(path: Path) -> list[dict[str, str]]:
@@ -225,3 +279,21 @@ def test_callgrind_counts_are_repeatable() -> None:
     ]
     assert counts[0] > 10_000
     assert abs(counts[0] - counts[1]) / counts[0] < 0.01
+
+
+def test_replacing_the_builtin_vectorized_keeps_it_as_large_case_reference(tmp_path: Path) -> None:
+    """Gating a change to `vectorized` (a user file of the same name) must not lose the float64
+    reference of cases over the naive budget, which is the built-in vectorized impl."""
+    from impls.ccnet.vectorized import cca_vectorized
+
+    changed = tmp_path / "changed.py"
+    changed.write_text(
+        "import attnbench\nfrom impls.ccnet.vectorized import cca_vectorized\n"
+        "@attnbench.register('ccnet', kind='vectorized', name='vectorized')\n"
+        "def v(q, k, v_):\n    return cca_vectorized(q, k, v_)\n"
+    )
+    with pytest.warns(UserWarning, match="replaces the built-in"):
+        REGISTRY.load_user_file(changed)
+    assert not REGISTRY.impls["ccnet"]["vectorized"].builtin
+    assert REGISTRY.vectorized("ccnet").fn is cca_vectorized
+    assert REGISTRY.reference("ccnet").name == "naive"

@@ -64,3 +64,35 @@ def time_fn(fn: Callable[[], object], timing: Timing, device: str = "cpu") -> Ti
         if n >= timing.min_runs and (total >= timing.min_time_s or total >= timing.max_time_s):
             break
     return TimingResult(tuple(samples))
+
+
+def time_interleaved(
+    fns: tuple[Callable[[], object], Callable[[], object]], timing: Timing, device: str = "cpu"
+) -> tuple[TimingResult, TimingResult]:
+    """Times two callables alternately (A B B A ...), so that a slow period of the machine
+    falls on both alike; the comparison of the two sample sets is then fair on a machine
+    whose speed drifts by more than the effect sought (shared VMs: 1.5-2x over seconds).
+    Stops on the same rules as :func:`time_fn`, counted per callable."""
+    for _ in range(timing.warmup):
+        for fn in fns:
+            fn()
+    _sync(device)
+    samples: tuple[list[float], list[float]] = ([], [])
+    total = 0.0
+    i = 0
+    while True:
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for j in order:
+            _sync(device)
+            start = time.perf_counter()
+            fns[j]()
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            samples[j].append(elapsed)
+            total += elapsed / 2
+        i += 1
+        if i >= timing.max_runs:
+            break
+        if i >= timing.min_runs and (total >= timing.min_time_s or total >= timing.max_time_s):
+            break
+    return TimingResult(tuple(samples[0])), TimingResult(tuple(samples[1]))

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
@@ -228,42 +229,69 @@ class GateResult:
         return 3 if self.regressed else 0
 
 
+Interleave = Callable[[PerfVerdict, dict[str, str]], tuple[list[float], list[float]] | None]
+
+
+def _row_of(rows: list[dict[str, str]], v: PerfVerdict) -> dict[str, str]:
+    key = (v.mechanism, v.impl, v.case, v.dtype, v.device, v.pass_)
+    return next(r for r in rows if tuple(r.get(k, "") for k in KEY) == key)
+
+
 def evaluate(
     base: Results,
     new: Results,
     settings: dict[str, float] | None = None,
     force: bool = False,
     remeasure: Callable[[PerfVerdict], list[float] | None] | None = None,
+    interleave: Interleave | None = None,
 ) -> GateResult:
-    """Compares two result sets; ``remeasure`` gives extra samples for AMBIGUOUS rows."""
+    """Compares two result sets.
+
+    ``interleave(verdict, base_row)`` re-measures the baseline's code and the new code
+    alternately, or returns ``None`` when this process does not hold the baseline's code
+    (its ``code`` hash). Where it can, the interleaved samples decide every row: a
+    shared machine drifts by more than the effects sought between two runs, never
+    within one alternation. ``remeasure`` adds samples of the new code to
+    rows still AMBIGUOUS (up to ``remeasure`` rounds).
+    """
     s = {**DEFAULTS, **(settings or {})}
     mismatch = environment_mismatch(base.env, new.env)
     comparable = force or not mismatch
     verdicts = compare_perf(base, new, s, comparable)
-    if remeasure is not None:
-        for v in verdicts:
-            rounds = int(s["remeasure"])
-            while v.verdict == "AMBIGUOUS" and rounds > 0:
-                rounds -= 1
-                extra = remeasure(v)
-                if not extra:
-                    break
-                b_row = next(
-                    r
-                    for r in base.perf
-                    if tuple(r.get(k, "") for k in KEY) == (v.mechanism, v.impl, v.case, v.dtype, v.device, v.pass_)
-                )
-                n_row = next(
-                    r
-                    for r in new.perf
-                    if tuple(r.get(k, "") for k in KEY) == (v.mechanism, v.impl, v.case, v.dtype, v.device, v.pass_)
-                )
-                n_row["samples_s"] = ";".join(f"{x:.6g}" for x in samples(n_row) + extra)
-                v.verdict, v.ratio, v.p_value = time_verdict(
-                    samples(b_row), samples(n_row), s["min_effect"], s["alpha"]
-                )
-                v.new_runs = len(samples(n_row))
-                v.note = "re-measured"
+    for v in verdicts:
+        if v.verdict not in ("AMBIGUOUS", "SLOWER", "FASTER", "SAME") or v.basis == "callgrind instructions":
+            continue
+        if interleave is not None:
+            pair = interleave(v, _row_of(base.perf, v))
+            if pair:
+                old, now = list(pair[0]), list(pair[1])
+                first = f"{v.verdict} ({_pct(v.ratio)}) against the stored samples"
+                v.verdict, v.ratio, v.p_value = time_verdict(old, now, s["min_effect"], s["alpha"])
+                rounds = 1
+                while v.verdict == "AMBIGUOUS" and rounds <= int(s["remeasure"]):  # pool more alternations
+                    more = interleave(v, _row_of(base.perf, v))
+                    if not more:
+                        break
+                    old += more[0]
+                    now += more[1]
+                    rounds += 1
+                    v.verdict, v.ratio, v.p_value = time_verdict(old, now, s["min_effect"], s["alpha"])
+                v.base_median_s, v.new_median_s = float(np.median(old)), float(np.median(now))
+                v.base_runs, v.new_runs = len(old), len(now)
+                v.basis = "Mann-Whitney U on baseline code and new code measured interleaved"
+                v.note = f"{first}; re-measured interleaved with the baseline's code ({rounds} round(s))"
+                continue
+        rounds = int(s["remeasure"])
+        while remeasure is not None and v.verdict == "AMBIGUOUS" and rounds > 0:
+            rounds -= 1
+            extra = remeasure(v)
+            if not extra:
+                break
+            b_row, n_row = _row_of(base.perf, v), _row_of(new.perf, v)
+            n_row["samples_s"] = ";".join(f"{x:.6g}" for x in samples(n_row) + extra)
+            v.verdict, v.ratio, v.p_value = time_verdict(samples(b_row), samples(n_row), s["min_effect"], s["alpha"])
+            v.new_runs = len(samples(n_row))
+            v.note = "re-measured"
     return GateResult(verdicts, correctness_changes(base, new), mismatch, force)
 
 
@@ -382,11 +410,12 @@ def gate(
     force: bool,
     console: Console,
     remeasure: Callable[[PerfVerdict], list[float] | None] | None = None,
+    interleave: Interleave | None = None,
 ) -> tuple[bool, bool]:
     """``run --baseline``: returns (perf or memory regression, correctness regression)."""
     base = load_results(baseline)
     new = load_results(out)
-    result = evaluate(base, new, dict(getattr(suite, "regression", {}) or {}), force, remeasure)
+    result = evaluate(base, new, dict(getattr(suite, "regression", {}) or {}), force, remeasure, interleave)
     write_outputs(result, out, str(baseline))
     print_table(result, console)
     return bool(result.regressed), bool(result.broke)

@@ -54,6 +54,7 @@ PERF_EXTRA = (
     "task",
     "fingerprint",
     "instructions",
+    "code",
 )
 STATUSES = ("pass", "fail", "skip", "error")
 
@@ -106,6 +107,7 @@ class PerfRow:
     task: str = ""
     fingerprint: str = ""
     instructions: int | None = None
+    code: str = ""  # Impl.code_hash: which code these timings belong to
 
 
 def _fmt(value: Any) -> str:
