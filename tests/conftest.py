@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import csv
 import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,5 +89,46 @@ def run_cli() -> Callable[..., int]:
         if argv and argv[0] == "run" and "--isolate" not in argv and "--timeout" not in argv:
             argv.append("--isolate=none")
         return cli.main(argv)
+
+    return run
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass(frozen=True)
+class MutationRun:
+    """``attnbench run`` of a tiny suite with one wrong impl from examples/wrong next to `vectorized`."""
+
+    code: int
+    rows: list[dict[str, str]]
+    name: str
+
+    @property
+    def failed(self) -> set[str]:
+        """The checks that failed for the wrong impl."""
+        return {r["check"] for r in self.rows if r["impl"] == self.name and r["status"] == "fail"}
+
+    @property
+    def vectorized_clean(self) -> bool:
+        """The built-in vectorized impl, run beside it, neither failed nor errored."""
+        return all(r["status"] in ("pass", "skip") for r in self.rows if r["impl"] == "vectorized")
+
+
+@pytest.fixture
+def run_mutation(
+    run_cli: Callable[..., int], write_suite: Callable[..., Path], tmp_path: Path
+) -> Callable[[str, str, str], MutationRun]:
+    """``run_mutation(SUITE_TEXT, "file.py", "impl_name")``: the mutation must be caught (exit 1)."""
+
+    def run(suite_text: str, file: str, name: str) -> MutationRun:
+        out = tmp_path / "out"
+        suite = write_suite(suite_text, "mutation")
+        code = run_cli(
+            "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
+        )
+        return MutationRun(code, read_csv(out / "checks.csv"), name)
 
     return run

@@ -17,7 +17,7 @@ from attnbench.measure.memory import peak_cpu
 from impls.danet.mechanism import cam_flops, cam_inputs, pam_flops, pam_inputs
 from impls.danet.vectorized import cam_vectorized, pam_vectorized
 
-from .conftest import EXAMPLES
+from .conftest import MutationRun
 
 EXT_UNAVAILABLE = build.unavailable_reason("danet")
 needs_ext = pytest.mark.skipif(EXT_UNAVAILABLE is not None, reason=f"ext unavailable: {EXT_UNAVAILABLE}")
@@ -185,20 +185,10 @@ def read(path: Path) -> list[dict[str, str]]:
     ],
 )
 def test_wrong_danet_is_caught(
-    run_cli: Callable[..., int],
-    write_suite: Callable[..., Path],
-    tmp_path: Path,
-    file: str,
-    name: str,
-    caught_by: set[str],
+    run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str, caught_by: set[str]
 ) -> None:
-    suite = write_suite(TINY_DANET)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
-    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    run = run_mutation(TINY_DANET, file, name)
+    assert run.code == 1
+    failed = run.failed
     assert caught_by <= failed, failed
-    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean

@@ -16,7 +16,7 @@ from attnbench.cases import Case
 from attnbench.checks import statistical
 from impls.hard_attention import ext, mechanism, naive, statistics, vectorized
 
-from .conftest import EXAMPLES
+from .conftest import MutationRun
 
 EXT_REASON = None
 
@@ -278,23 +278,14 @@ def read(path: Path) -> list[dict[str, str]]:
     ],
 )
 def test_wrong_hard_attention_impl_is_caught(
-    run_cli: Callable[..., int],
-    write_suite: Callable[..., Path],
-    tmp_path: Path,
-    file: str,
-    name: str,
-    caught_by: set[str],
+    run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str, caught_by: set[str]
 ) -> None:
-    suite = write_suite(TINY)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
-    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    run = run_mutation(TINY, file, name)
+    assert run.code == 1
+    rows = run.rows
+    failed = run.failed
     assert caught_by <= failed, failed
-    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean
     stats_rows = [r for r in rows if r["check"].startswith("property:reinforce") or "gumbel" in r["check"]]
     assert all(r["p_value"] != "" for r in stats_rows)
 

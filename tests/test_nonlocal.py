@@ -17,7 +17,7 @@ from attnbench.measure.memory import peak_cpu
 from impls.non_local.mechanism import flops, make_inputs
 from impls.non_local.vectorized import non_local_vectorized
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import MutationRun
 
 MODES = [("embedded_gaussian", False), ("gaussian", True), ("dot", False), ("concat", False)]
 EXT_UNAVAILABLE = build.unavailable_reason("non_local")
@@ -117,13 +117,6 @@ def test_flops_match_flop_counter_on_matmuls(mode: str, scaled: bool) -> None:
     assert counter.get_total_flops() == flops(c) - elementwise
 
 
-def test_shared_headers_are_identical_copies() -> None:
-    for name in ("softmax_math.h", "softmax_tiles.h", "softmax_tiles_cuda.cuh"):
-        a = (ROOT / "impls" / "non_local" / "csrc" / name).read_bytes()
-        b = (ROOT / "impls" / "danet" / "csrc" / name).read_bytes()
-        assert a == b, f"impls/non_local/csrc/{name} and impls/danet/csrc/{name} differ"
-
-
 TINY_NONLOCAL = """
     name = "tiny_nonlocal"
     mechanisms = ["nonlocal"]
@@ -154,20 +147,10 @@ def read(path: Path) -> list[dict[str, str]]:
     ],
 )
 def test_wrong_nonlocal_is_caught(
-    run_cli: Callable[..., int],
-    write_suite: Callable[..., Path],
-    tmp_path: Path,
-    file: str,
-    name: str,
-    caught_by: set[str],
+    run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str, caught_by: set[str]
 ) -> None:
-    suite = write_suite(TINY_NONLOCAL)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
-    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    run = run_mutation(TINY_NONLOCAL, file, name)
+    assert run.code == 1
+    failed = run.failed
     assert caught_by <= failed, failed
-    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean

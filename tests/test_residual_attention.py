@@ -21,7 +21,7 @@ from impls.residual_attention import ext
 from impls.residual_attention.mechanism import KINDS, flops, make_inputs, memory, naive_work, traffic
 from impls.residual_attention.vectorized import ran_vectorized
 
-from .conftest import EXAMPLES
+from .conftest import MutationRun
 
 REASON = build.unavailable_reason("residual_attention")
 needs_ext = pytest.mark.skipif(REASON is not None, reason=f"residual_attention extension unavailable: {REASON}")
@@ -151,24 +151,15 @@ TINY_RAN = """
     ],
 )
 def test_wrong_ran_is_caught(
-    run_cli: Callable[..., int],
-    write_suite: Callable[[str], Path],
-    tmp_path: Path,
-    file: str,
-    name: str,
-    kinds: set[str],
+    run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str, kinds: set[str]
 ) -> None:
-    suite = write_suite(TINY_RAN)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
+    run = run_mutation(TINY_RAN, file, name)
+    assert run.code == 1
+    rows = run.rows
     failed_kinds = {
         r["case"].split("kind=")[1].split(",")[0]
         for r in rows
         if r["impl"] == name and r["check"] == "forward" and r["status"] == "fail"
     }
     assert failed_kinds == kinds
-    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean

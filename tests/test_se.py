@@ -21,7 +21,7 @@ from attnbench.registry import REGISTRY
 from impls.se import ext
 from impls.se.mechanism import flops, make_inputs, memory, module_inputs, naive_work, traffic
 
-from .conftest import EXAMPLES
+from .conftest import MutationRun
 
 REASON = build.unavailable_reason("se")
 needs_ext = pytest.mark.skipif(REASON is not None, reason=f"se extension unavailable: {REASON}")
@@ -190,19 +190,12 @@ TINY_SE = """
         ("se_softmax_gate.py", "softmax_gate"),
     ],
 )
-def test_wrong_se_is_caught(
-    run_cli: Callable[..., int], write_suite: Callable[[str], Path], tmp_path: Path, file: str, name: str
-) -> None:
-    suite = write_suite(TINY_SE)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
-    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+def test_wrong_se_is_caught(run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str) -> None:
+    run = run_mutation(TINY_SE, file, name)
+    assert run.code == 1
+    failed = run.failed
     assert "forward" in failed, failed
-    assert all(r["status"] in ("pass", "skip") for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean
 
 
 # -- report section ---------------------------------------------------------------------

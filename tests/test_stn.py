@@ -14,7 +14,7 @@ from attnbench.cases import Case
 from attnbench.registry import REGISTRY
 from impls.stn import mechanism, vectorized
 
-from .conftest import EXAMPLES
+from .conftest import MutationRun
 
 REGISTRY.discover()
 EXT_REASON = build.unavailable_reason("stn")
@@ -195,20 +195,10 @@ def read(path: Path) -> list[dict[str, str]]:
     ],
 )
 def test_wrong_sampler_is_caught(
-    run_cli: Callable[..., int],
-    write_suite: Callable[[str], Path],
-    tmp_path: Path,
-    file: str,
-    name: str,
-    caught_by: str,
+    run_mutation: Callable[[str, str, str], MutationRun], file: str, name: str, caught_by: str
 ) -> None:
-    suite = write_suite(TINY_STN)
-    out = tmp_path / "out"
-    code = run_cli(
-        "run", suite, "--impl", EXAMPLES / "wrong" / file, "--only", f"vectorized,{name}", "--out", out, "--quiet"
-    )
-    assert code == 1
-    rows = read(out / "checks.csv")
-    failed = {r["check"] for r in rows if r["impl"] == name and r["status"] == "fail"}
+    run = run_mutation(TINY_STN, file, name)
+    assert run.code == 1
+    failed = run.failed
     assert caught_by in failed, failed
-    assert all(r["status"] != "fail" for r in rows if r["impl"] == "vectorized")
+    assert run.vectorized_clean

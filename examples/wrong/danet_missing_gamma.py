@@ -2,9 +2,9 @@
 (pam(Wq x, Wk x, Wv x) + x) + (γc·cam(x) + x). The cores all pass; only the
 module check (module:dual_head:forward) can catch it.
 
-The module is supplied with the impl as ``fn.attnbench_modules`` (see
-impls/danet/mechanism.py): the harness then compares this whole-module
-implementation with the reference module built on the naive core."""
+The module comes with the impl through ``register(..., modules=...)``: the
+harness then compares this whole-module implementation with the reference
+module built on the naive core."""
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +24,13 @@ def cam(x):
     return (torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1) @ X).reshape(x.shape)
 
 
-def dual_head_without_gamma(x, wq, bq, wk, bk, wv, bv, gamma_p, gamma_c):
+def dual_head_without_gamma(core, x, wq, bq, wk, bk, wv, bv, gamma_p, gamma_c):
     q = F.conv2d(x, wq[:, :, None, None], bq)
     k = F.conv2d(x, wk[:, :, None, None], bk)
     v = F.conv2d(x, wv[:, :, None, None], bv)
-    return (pam(q, k, v) + x) + (gamma_c * cam(x) + x)  # bug: gamma_p missing
+    return (core(q, k, v) + x) + (gamma_c * cam(x) + x)  # bug: gamma_p missing
 
 
-@attnbench.register("danet.pam", kind="user", name="missing_gamma")
+@attnbench.register("danet.pam", kind="user", name="missing_gamma", modules={"dual_head": dual_head_without_gamma})
 def pam_with_gammaless_module(q, k, v):
     return pam(q, k, v)
-
-
-pam_with_gammaless_module.attnbench_modules = {"dual_head": dual_head_without_gamma}

@@ -3,7 +3,7 @@
 core case passes; the module case `encoder` (and its `pos_not_in_value`
 property) catches it.
 
-An impl may bring its own layer: ``fn.attnbench_modules = {"encoder": layer}``,
+An impl may bring its own layer: ``register(..., modules={"encoder": layer})``,
 where ``layer(core, src, pos, mask, *weights, h=, normalize_before=)`` has the
 signature of ``impls.mhsa.mechanism.detr_encoder_layer``; the module check then
 runs that layer, built on this impl's core, against the float64 naive one.
@@ -47,5 +47,4 @@ def encoder_layer(core, src, pos, mask, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o,
     return F.layer_norm(src + ffn(src), (E,), g_n2, beta_n2)
 
 
-attention.attnbench_modules = {"encoder": encoder_layer}
-attnbench.register("mhsa", kind="user", name="pos_in_value")(attention)
+attnbench.register("mhsa", kind="user", name="pos_in_value", modules={"encoder": encoder_layer})(attention)

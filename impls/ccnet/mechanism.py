@@ -193,7 +193,7 @@ def rcca_forward(
     return x
 
 
-def prop_receptive_field(fn: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
+def prop_receptive_field(module: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
     """out[:, :, y, x] depends on exactly row y ∪ column x after R = 1, on every pixel after R ≥ 2."""
     H, W, R = case["H"], case["W"], case["R"]
     inputs = module_inputs(case).to(dtype, device)
@@ -201,7 +201,7 @@ def prop_receptive_field(fn: Callable[..., Any], case: Case, dtype: torch.dtype,
     for y, x in {(0, 0), (H // 2, W // 2), (H - 1, W - 1)}:
         for t in inputs.tensors.values():
             t.grad = None
-        out = rcca_forward(fn, *inputs.tensors.values(), R=R)  # type: ignore[misc, arg-type]
+        out = module(*inputs.tensors.values(), R=R)
         out[:, :, y, x].sum().backward()
         grad = inputs.tensors["x"].grad
         assert grad is not None

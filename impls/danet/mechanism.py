@@ -12,10 +12,10 @@ CAM's canonical form is the official code's ``rowmax − E`` (= softmax(−E));
 Modules: ``dual_head`` (on ``danet.pam``) is the DANet head's two attention
 branches, ``(γp·pam(Wq x, Wk x, Wv x) + x) + (γc·cam(x) + x)`` with the CAM
 branch computed by a fixed vectorized CAM; ``cam_module`` (on ``danet.cam``) is
-``γ·cam(x) + x``. An impl may carry its own whole-module implementation as
-``fn.attnbench_modules = {"dual_head": forward}`` (same signature as the
-ModuleDef forward without the core): it is then compared instead of the module
-assembled around the core (how a fused module, or a wrong one, is checked).
+``γ·cam(x) + x``. An impl may bring its own whole-module implementation with
+``register(..., modules={"dual_head": forward})`` (the ModuleDef forward's
+signature, core first): it is then compared instead of the module assembled
+around the core (how a fused module, or a wrong one, is checked).
 """
 
 from __future__ import annotations
@@ -278,11 +278,6 @@ def cam_reference(x: torch.Tensor, sign: str = "code") -> torch.Tensor:
     return (attn @ X).reshape(x.shape)
 
 
-def _module_override(core: Callable[..., Any], name: str) -> Callable[..., Any] | None:
-    modules = getattr(core, "attnbench_modules", None)
-    return modules.get(name) if isinstance(modules, dict) else None
-
-
 DUAL_PARAMS = {
     "B": Param(int, min=1, doc="batch"),
     "C": Param(int, min=8, doc="channels (Cq = C // 8)"),
@@ -328,9 +323,6 @@ def dual_head_forward(
     gamma_c: torch.Tensor,
 ) -> torch.Tensor:
     """PAM_Module(x) + CAM_Module(x) = (γp·pam(Wq x, Wk x, Wv x) + x) + (γc·cam(x) + x)."""
-    override = _module_override(pam, "dual_head")
-    if override is not None:
-        return override(x, wq, bq, wk, bk, wv, bv, gamma_p, gamma_c)  # type: ignore[no-any-return]
     q = F.conv2d(x, wq[:, :, None, None], bq)
     k = F.conv2d(x, wk[:, :, None, None], bk)
     v = F.conv2d(x, wv[:, :, None, None], bv)
@@ -339,14 +331,16 @@ def dual_head_forward(
     return pam_branch + cam_branch
 
 
-def prop_dual_identity_at_init(fn: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
+def prop_dual_identity_at_init(
+    module: Callable[..., Any], case: Case, dtype: torch.dtype, device: str
+) -> PropertyOutcome:
     """γp = γc = 0 (their initialisation) ⇒ each branch is the identity, the head returns 2x."""
     inputs = dual_inputs(case)
     inputs.tensors["gamma_p"] = torch.tensor(0.0, dtype=torch.float64)
     inputs.tensors["gamma_c"] = torch.tensor(0.0, dtype=torch.float64)
     cast = inputs.to(dtype, device)
     with torch.no_grad():
-        out = dual_head_forward(fn, *cast.tensors.values())
+        out = module(*cast.tensors.values())
     return close(out, 2 * cast.tensors["x"], property_atol(dtype), "γ = 0 ⇒ output = 2x")
 
 
@@ -381,9 +375,6 @@ def cam_module_inputs(case: Case) -> Inputs:
 
 def cam_module_forward(cam: Callable[..., torch.Tensor], x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """CAM_Module: γ·cam(x) + x."""
-    override = _module_override(cam, "cam_module")
-    if override is not None:
-        return override(x, gamma)  # type: ignore[no-any-return]
     return gamma * cam(x) + x
 
 

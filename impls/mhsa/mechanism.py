@@ -24,7 +24,6 @@ batch element padded, so all its rows are fully masked).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -402,12 +401,6 @@ def detr_encoder_layer(
     Pre-norm: ``t = LN1(src); q = k = t + pos; src += MHA(q, k, t); src += FFN(LN2(src))``
     (the encoder's final LayerNorm is not part of the layer). pos goes to q and k only.
     """
-    override = getattr(core, "attnbench_modules", {}).get("encoder")
-    if override is not None:  # an impl that brings its own layer (see module docs)
-        return override(  # type: ignore[no-any-return]
-            core, src, pos, mask, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o,
-            w_ff1, b_ff1, w_ff2, b_ff2, g_n1, beta_n1, g_n2, beta_n2, h=h, normalize_before=normalize_before,
-        )  # fmt: skip
     attn = (w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o)
     E = src.shape[-1]
 
@@ -464,16 +457,11 @@ def detr_cross_attention(
 
     ``tgt = LN2(tgt + MHA(tgt + query_pos, memory + pos, memory, key_padding_mask=mask))``.
     """
-    override = getattr(core, "attnbench_modules", {}).get("decoder_cross")
-    if override is not None:
-        return override(  # type: ignore[no-any-return]
-            core, tgt, query_pos, memory, pos, mask, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, g_n2, beta_n2, h=h
-        )
     attn = mha(core, tgt + query_pos, memory + pos, memory, mask, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, h=h)
     return F.layer_norm(tgt + attn, (tgt.shape[-1],), g_n2, beta_n2)
 
 
-def prop_pos_not_in_value(fn: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
+def prop_pos_not_in_value(module: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
     """With W_q = W_k = 0 (uniform attention) the layer must not depend on pos: pos feeds q and k only."""
     inputs = encoder_inputs(case)
     for n in ("w_q", "b_q", "w_k", "b_k"):
@@ -482,8 +470,8 @@ def prop_pos_not_in_value(fn: Callable[..., Any], case: Case, dtype: torch.dtype
     inputs.tensors["pos"] = case.randn("pos2", *inputs.tensors["pos"].shape)
     b = inputs.to(dtype, device)
     with torch.no_grad():
-        out_a = first_output(a.call(functools.partial(detr_encoder_layer, fn)))
-        out_b = first_output(b.call(functools.partial(detr_encoder_layer, fn)))
+        out_a = first_output(a.call(module))
+        out_b = first_output(b.call(module))
     return close(out_b, out_a, property_atol(dtype, 8.0), "q = k constant ⇒ output independent of pos")
 
 

@@ -358,14 +358,14 @@ def nonlocal2d_forward(
     return z + x
 
 
-def prop_identity_at_init(fn: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
+def prop_identity_at_init(module: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
     """BN weight and bias at their stated initialisation (0) ⇒ the block is the identity."""
     inputs = module_inputs(case)
     inputs.tensors["bn_weight"] = torch.zeros_like(inputs.tensors["bn_weight"])
     inputs.tensors["bn_bias"] = torch.zeros_like(inputs.tensors["bn_bias"])
     cast = inputs.to(dtype, device)
     with torch.no_grad():
-        out = nonlocal2d_forward(fn, *cast.tensors.values(), **cast.kwargs)
+        out = module(*cast.tensors.values(), **cast.kwargs)
     return close(out, cast.tensors["x"], property_atol(dtype), "BN scale 0 ⇒ output = input")
 
 

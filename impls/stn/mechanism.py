@@ -425,14 +425,16 @@ def stn_forward(
     return bilinear_sample(x, grid, align_corners=align_corners)
 
 
-def prop_module_identity_init(fn: Callable[..., Any], case: Case, dtype: torch.dtype, device: str) -> PropertyOutcome:
+def prop_module_identity_init(
+    module: Callable[..., Any], case: Case, dtype: torch.dtype, device: str
+) -> PropertyOutcome:
     """At the published init (last layer weight 0, bias = identity) the module returns its input."""
     inputs = module_inputs(case)
     inputs.tensors["w2"] = torch.zeros_like(inputs.tensors["w2"])
     inputs.tensors["b2"] = torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64)
     inputs = inputs.to(dtype, device)
     with torch.no_grad():
-        out = first_output(stn_forward(fn, *inputs.tensors.values(), **inputs.kwargs))  # type: ignore[arg-type]
+        out = first_output(module(*inputs.tensors.values(), **inputs.kwargs))
     return close(out, inputs.tensors["x"], property_atol(dtype, 4.0), "identity init ⇒ STN(x) = x")
 
 
