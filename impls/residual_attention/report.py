@@ -1,8 +1,7 @@
 """Report section: the compiled residual attention against the vectorized one, and its bandwidth.
 
 Appended to ``attnbench.report.markdown.SECTIONS``; renders only when the
-results hold ``residual_attention`` timing rows (the table code is shared with
-the SE package, ``impls.se.report.speed_and_bandwidth``).
+results hold ``residual_attention`` timing rows (attnbench.report.bandwidth).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.report import markdown
-from impls.se.report import speed_and_bandwidth
+from attnbench.report.bandwidth import speed_and_bandwidth
 
 
 def section(out: Path, env: dict[str, Any]) -> list[str]:

@@ -1,8 +1,7 @@
 """Report section: the compiled SE against the vectorized one, and its bandwidth.
 
 Appended to ``attnbench.report.markdown.SECTIONS``; renders only when the
-results hold ``se`` timing rows. ``speed_and_bandwidth`` is shared with the
-residual-attention package (both are memory-bound).
+results hold ``se`` timing rows (attnbench.report.bandwidth).
 """
 
 from __future__ import annotations
@@ -10,91 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from attnbench.report import markdown
-
-
-def _explain(pct: float, bytes_moved: float) -> str:
-    if pct >= 50:
-        return "within 2× of the copy bandwidth."
-    if bytes_moved < 64 * 2**20:
-        return (
-            "below half the copy bandwidth: at this size the data (≤ 64 MiB moved) partly lives in cache while "
-            "fixed per-call costs (op dispatch, autograd, thread start-up: ~10–100 µs) weigh on the time; the "
-            "copy reference streams 256 MiB."
-        )
-    return (
-        "below half the copy bandwidth: the two sweeps re-read data the model counts once per sweep only where it "
-        "misses the cache, and other processes shared this machine's cores and memory bus while it ran."
-    )
-
-
-def speed_and_bandwidth(out: Path, env: dict[str, Any], mechanism: str, title: str) -> list[str]:
-    """ext vs vectorized per case (float32 first) and the ext's achieved bandwidth."""
-    try:
-        _, perf, _ = markdown.load(out)
-    except Exception:
-        return []
-    if perf.empty or "mechanism" not in perf or not (perf["mechanism"] == mechanism).any():
-        return []
-    perf = perf[perf["mechanism"] == mechanism]
-    if not {"ext", "vectorized"} <= set(perf["impl"]):
-        return []
-    peaks = env.get("copy_bandwidth_bytes_per_s") or {}
-    lines = [f"## {title}", ""]
-    verdicts = []
-    for (device, dtype, pass_), sub in perf.groupby(["device", "dtype", "pass"], sort=True):
-        peak = peaks.get(device)
-        rows = []
-        slower = []
-        for case, g in sub.groupby("case", sort=False):
-            med = dict(zip(g["impl"], g["median_s"], strict=True))
-            moved = float(g["bytes_moved"].iloc[0]) if "bytes_moved" in g else float("nan")
-            if "ext" not in med or "vectorized" not in med:
-                continue
-            speedup = med["vectorized"] / med["ext"]
-            if speedup < 1.0:
-                slower.append(markdown.short_case(case))
-            gbs = moved / med["ext"] / 1e9
-            rows.append(
-                {
-                    "case": markdown.short_case(case),
-                    "vectorized": markdown.fmt_time(med["vectorized"]),
-                    "ext": markdown.fmt_time(med["ext"]),
-                    "ext speedup": f"{speedup:.2f}×",
-                    "moved": markdown.fmt_bytes(moved),
-                    "ext GB/s": f"{gbs:.2f}",
-                    "ext % of copy": f"{100 * gbs * 1e9 / peak:.0f}%" if peak else "–",
-                    "vectorized % of copy": f"{100 * moved / med['vectorized'] / peak:.0f}%" if peak else "–",
-                    "_moved": moved,
-                    "_pct": 100 * gbs * 1e9 / peak if peak else float("nan"),
-                }
-            )
-        if not rows:
-            continue
-        df = pd.DataFrame(rows)
-        lines += [f"### {device}, {dtype}, {pass_}", ""]
-        lines += markdown.table(df[[c for c in df.columns if not c.startswith("_")]])
-        biggest = df.loc[df["_moved"].idxmax()]
-        verdict = f"- {device}/{dtype}/{pass_}: ext ≥ vectorized at {len(df) - len(slower)}/{len(df)} shapes" + (
-            f" (slower at {', '.join(slower)})" if slower else ""
-        )
-        if peak:
-            verdict += (
-                f"; largest shape {biggest['case']}: ext {biggest['ext GB/s']} GB/s = {biggest['_pct']:.0f}% of "
-                f"copy ({peak / 1e9:.1f} GB/s), " + _explain(float(biggest["_pct"]), float(biggest["_moved"]))
-            )
-        verdicts.append(verdict)
-    lines += ["**Summary**", "", *verdicts, ""]
-    lines += [
-        "Bytes moved = the mechanism's `traffic` model (docs/"
-        + ("se.md" if mechanism == "se" else "residual_attention.md")
-        + "): what an ideal two-sweep kernel reads and writes; % of copy = that over the median time, "
-        "relative to a 256 MiB `copy_` measured in the same run.",
-        "",
-    ]
-    return lines
+from attnbench.report.bandwidth import speed_and_bandwidth
 
 
 def section(out: Path, env: dict[str, Any]) -> list[str]:
