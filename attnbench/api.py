@@ -64,6 +64,7 @@ def verify(
     device: str = "cpu",
     checks: Iterable[str] = ("forward", "backward", "properties", "gradcheck", "modules", "opcheck"),
     profile: str = "quick",
+    max_work: int | None = None,
 ) -> list[CheckRow]:
     """Runs the correctness checks of ``impl`` and returns the rows (no timing).
 
@@ -76,6 +77,11 @@ def verify(
         device: ``"cpu"`` or ``"cuda"``.
         checks: which checks to run.
         profile: suite profile that provides the default cases.
+        max_work: keep only cases whose naive reference does at most this many
+            inner-loop iterations (the mechanism's ``naive_work``), e.g. for a fast
+            test run; module and gradcheck cases are kept.
+
+    A task that several suites share (same shape, dtype and check) runs once.
     """
     the_impl = _as_impl(mechanism, impl, name)
     table = REGISTRY.impls.setdefault(mechanism, {})
@@ -83,15 +89,22 @@ def verify(
     table[the_impl.name] = the_impl
     try:
         rows: list[CheckRow] = []
+        done: set[str] = set()
         for suite in suites_for(mechanism):
             prof = suite.profile(profile) if profile in suite.profiles else suite.profile("quick")
             chosen = [c for c in (cases if cases is not None else prof.cases) if c.mechanism == mechanism]
+            mech = REGISTRY.mechanism(mechanism)
+            if max_work is not None and mech.naive_work is not None:
+                chosen = [c for c in chosen if mech.naive_work(c) <= max_work]
             gradcheck = tuple(c for c in prof.gradcheck if c.mechanism == mechanism) if cases is None else ()
             modules = tuple(c for c in prof.modules if c.mechanism == mechanism) if cases is None else ()
             narrowed = Profile(prof.name, tuple(dtypes), (device,), tuple(chosen), gradcheck, modules, (), prof.timing)
             narrowed_suite = replace(suite, checks=frozenset(checks) - {"timing", "memory"})
             ctx = runner.Context(narrowed_suite, narrowed, runner.Options(only=(the_impl.name,), timing=False))
             for task in runner.plan(narrowed_suite, narrowed, ctx.options):
+                if task.key in done:
+                    continue
+                done.add(task.key)
                 rows.extend(r for r in runner.execute(task, ctx) if isinstance(r, CheckRow))
             if cases is not None:
                 break

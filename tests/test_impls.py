@@ -19,15 +19,37 @@ PARAMS = [
 ]
 
 
-@pytest.mark.parametrize(("mechanism", "impl"), PARAMS)
-def test_impl_matches_reference(mechanism: str, impl: str) -> None:
+# The default run keeps the cases whose naive loops stay small (and every gradcheck
+# and module case); the slow set runs every quick case of every suite.
+FAST_WORK = 20_000
+
+
+def check_impl(mechanism: str, impl: str, max_work: int | None) -> None:
     if not suites_for(mechanism):
         pytest.skip(f"no suite in suites/ uses {mechanism}")
-    rows = verify(mechanism, impl)
+    entry = REGISTRY.impls[mechanism][impl]
+    # An optional third-party peer (e.g. timm) may be absent; our own impls, the
+    # compiled extension included, must run: a build failure fails here.
+    unavailable = entry.available() if entry.kind == "peer" and entry.available else None
+    if unavailable:
+        pytest.skip(f"{mechanism}:{impl} is not available here: {unavailable}")
+    rows = verify(mechanism, impl, max_work=max_work)
     assert rows, "no checks ran"
     ran = [r for r in rows if r.status != "skip"]
     assert ran, "every check was skipped: " + "; ".join(sorted({r.detail for r in rows}))
+    assert any(r.check == "forward" and r.status == "pass" for r in rows), "no forward check passed"
     assert not failures(rows), describe(rows)
+
+
+@pytest.mark.parametrize(("mechanism", "impl"), PARAMS)
+def test_impl_matches_reference(mechanism: str, impl: str) -> None:
+    check_impl(mechanism, impl, FAST_WORK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mechanism", "impl"), PARAMS)
+def test_impl_matches_reference_on_every_quick_case(mechanism: str, impl: str) -> None:
+    check_impl(mechanism, impl, None)
 
 
 def test_every_mechanism_has_reference_and_vectorized() -> None:
