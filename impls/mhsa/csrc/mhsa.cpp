@@ -4,10 +4,16 @@
 //       -> (out [B,h,L,dv], lse [B,h,L])
 //   flash_backward(gout, q, k, v, mask, out, lse, causal, scale) -> (dq, dk, dv)
 //
-// Forward: one task per (b, h, tile of kQueryTile query rows); keys in tiles of
-// kKeyTile; online softmax; only the per-row log-sum-exp is saved. Backward: one
-// task per (b, h); scores are recomputed tile by tile from lse. Neither pass
-// allocates anything of size L×S.
+// Forward: one task per (b, h, tile of kFwdQueryTile query rows); keys in tiles
+// of kFwdKeyTile; per tile S = (scale·Q)·Kᵀ and O += P·V run as register-blocked
+// tile products (`gemm` below), the row max / exp / sum of the online softmax as
+// 256-bit vector loops (impls/_common/csrc/vec_math.h); only the per-row
+// log-sum-exp is saved. Backward: one task per (b, h) (deterministic: fixed
+// summation order, no atomics); per key tile and query tile it recomputes P from
+// lse and runs dP = dO·Vᵀ, dS, dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K as tile
+// products. Padded keys are dropped when the keys are packed, so they cost
+// nothing. Neither pass allocates anything of size L×S (tiles and per-(b, h)
+// copies of K, V, Q, dO only).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,12 +24,16 @@
 #include <vector>
 
 #include "mhsa.h"
+#include "vec_math.h"
 
 namespace attnbench_mhsa {
 namespace {
 
-constexpr int64_t kQueryTile = 32;
-constexpr int64_t kKeyTile = 64;
+// Tile sizes (rows × keys); measured at L = S = 1024, d = dv = 32 (docs/mhsa.md).
+constexpr int64_t kFwdQueryTile = 64;
+constexpr int64_t kFwdKeyTile = 128;
+constexpr int64_t kBwdQueryTile = 64;
+constexpr int64_t kBwdKeyTile = 64;
 
 struct Dims {
   int64_t B, H, L, S, D, DV;
@@ -53,109 +63,200 @@ Dims check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   return dims;
 }
 
-// Inner products of one row x[0:n] with the columns of a transposed tile
-// cols [n, kKeyTile]: s[jj] = Σ_t x[t]·cols[t·kKeyTile + jj], jj < nk. Four
-// 256-bit accumulators (GCC/Clang vector extensions) stay in registers across
-// the reduction over t; the auto-vectorized form re-loads and stores the score
-// row for every FMA and runs several times slower.
-template <typename acc_t>
-inline void dot_columns(const acc_t* x, const acc_t* cols, int64_t n, int64_t nk, acc_t* s) {
-  typedef acc_t vec __attribute__((vector_size(32)));
-  constexpr int64_t W = 32 / sizeof(acc_t);
-  int64_t j0 = 0;
-  for (; j0 + 4 * W <= nk; j0 += 4 * W) {
-    vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t t = 0; t < n; ++t) {
-      const acc_t xv = x[t];
-      const acc_t* c = cols + t * kKeyTile + j0;
-      vec c0, c1, c2, c3;
-      std::memcpy(&c0, c, sizeof(vec));
-      std::memcpy(&c1, c + W, sizeof(vec));
-      std::memcpy(&c2, c + 2 * W, sizeof(vec));
-      std::memcpy(&c3, c + 3 * W, sizeof(vec));
-      a0 += xv * c0;
-      a1 += xv * c1;
-      a2 += xv * c2;
-      a3 += xv * c3;
+// ---- register-blocked tile products -------------------------------------------------
+//
+// C[M, N] (+)= A[M, K] · B[K, N] for small tiles, N a multiple of the vector width
+// W (8 floats / 4 doubles). A is read through strides, A(r, t) = a[r·ars + t·ats],
+// so the same kernel computes P·V (ats = 1) and Pᵀ·dO (ars = 1); B and C are row
+// major. The micro-kernel keeps an R × NV block of 256-bit accumulators (R rows,
+// NV·W columns) in registers over the whole reduction: per t it loads NV vectors
+// of B, broadcasts R scalars of A and issues R·NV FMAs.
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t W = 32 / sizeof(T);
+};
+
+template <typename T, int R, int NV>
+inline void micro(const T* a, int64_t ars, int64_t ats, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t K,
+                  bool accumulate) {
+  using vec = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::W;
+  vec x[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < NV; ++u) {
+      if (accumulate) {
+        std::memcpy(&x[r][u], c + r * ldc + u * W, sizeof(vec));
+      } else {
+        x[r][u] = vec{};
+      }
     }
-    std::memcpy(s + j0, &a0, sizeof(vec));
-    std::memcpy(s + j0 + W, &a1, sizeof(vec));
-    std::memcpy(s + j0 + 2 * W, &a2, sizeof(vec));
-    std::memcpy(s + j0 + 3 * W, &a3, sizeof(vec));
   }
-  if (j0 < nk) {
-    std::fill(s + j0, s + nk, acc_t(0));
-    for (int64_t t = 0; t < n; ++t) {
-      const acc_t xv = x[t];
-      const acc_t* c = cols + t * kKeyTile;
-      for (int64_t jj = j0; jj < nk; ++jj) s[jj] += xv * c[jj];
+  for (int64_t t = 0; t < K; ++t) {
+    vec bv[NV];
+    for (int u = 0; u < NV; ++u) std::memcpy(&bv[u], b + t * ldb + u * W, sizeof(vec));
+    for (int r = 0; r < R; ++r) {
+      const T av = a[r * ars + t * ats];
+      for (int u = 0; u < NV; ++u) x[r][u] += av * bv[u];
     }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < NV; ++u) std::memcpy(c + r * ldc + u * W, &x[r][u], sizeof(vec));
+  }
+}
+
+template <typename T, int NV>
+inline void gemm_columns(int64_t M, int64_t K, const T* a, int64_t ars, int64_t ats, const T* b, int64_t ldb, T* c,
+                         int64_t ldc, bool accumulate) {
+  constexpr int kRows = 6;  // 6 × 2 accumulators + 2 loads + 1 broadcast: 15 of 16 AVX registers
+  int64_t i = 0;
+  for (; i + kRows <= M; i += kRows) micro<T, kRows, NV>(a + i * ars, ars, ats, b, ldb, c + i * ldc, ldc, K, accumulate);
+  const T* ai = a + i * ars;
+  T* ci = c + i * ldc;
+  switch (M - i) {
+    case 5: micro<T, 5, NV>(ai, ars, ats, b, ldb, ci, ldc, K, accumulate); break;
+    case 4: micro<T, 4, NV>(ai, ars, ats, b, ldb, ci, ldc, K, accumulate); break;
+    case 3: micro<T, 3, NV>(ai, ars, ats, b, ldb, ci, ldc, K, accumulate); break;
+    case 2: micro<T, 2, NV>(ai, ars, ats, b, ldb, ci, ldc, K, accumulate); break;
+    case 1: micro<T, 1, NV>(ai, ars, ats, b, ldb, ci, ldc, K, accumulate); break;
+    default: break;
+  }
+}
+
+// C[M, N] (+)= A · B, N a multiple of Vec<T>::W.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ars, int64_t ats, const T* b, int64_t ldb, T* c,
+          int64_t ldc, bool accumulate) {
+  constexpr int64_t W = Vec<T>::W;
+  int64_t j = 0;
+  for (; j + 2 * W <= N; j += 2 * W) gemm_columns<T, 2>(M, K, a, ars, ats, b + j, ldb, c + j, ldc, accumulate);
+  if (j < N) gemm_columns<T, 1>(M, K, a, ars, ats, b + j, ldb, c + j, ldc, accumulate);
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ---- one (b, h)'s keys and values, packed --------------------------------------------
+//
+// Only the allowed (unpadded) keys are packed, in order: key c of the packed
+// list is key idx[c] of the input, so padded keys cost nothing (causal masking
+// still uses idx). Keys come in tiles of `tile`; within a tile K is stored
+// transposed [D][tile] (the B operand of Q·Kᵀ), and so is V for the
+// backward's dO·Vᵀ. Columns past the last key of the last tile are zero.
+template <typename T>
+struct PackedKeys {
+  int64_t tile = 0;           // keys per tile
+  int64_t bh = -1;
+  int64_t count = 0;          // allowed keys
+  std::vector<int64_t> idx;   // [count] original key index
+  std::vector<T> k_t;         // [tiles][D][tile]
+  std::vector<T> v_t;         // [tiles][DV][tile]  (backward)
+  std::vector<T> k_rows;      // [tiles·tile][Dp]   (backward: B of dS·K)
+  std::vector<T> v_rows;      // [tiles·tile][DVp]  (forward: B of P·V)
+
+  explicit PackedKeys(int64_t tile_) : tile(tile_) {}
+
+  void pack(int64_t bh_, const T* k, const T* v, const bool* mask, const Dims& n, bool forward) {
+    bh = bh_;
+    const int64_t b = bh / n.H, Dp = round_up(n.D, Vec<T>::W), DVp = round_up(n.DV, Vec<T>::W);
+    idx.resize(n.S);
+    count = 0;
+    for (int64_t j = 0; j < n.S; ++j) {
+      if (mask == nullptr || !mask[b * n.S + j]) idx[count++] = j;
+    }
+    const int64_t cap = round_up(count, tile);
+    const T* kb = k + bh * n.S * n.D;
+    const T* vb = v + bh * n.S * n.DV;
+    k_t.assign(cap * n.D, T(0));
+    for (int64_t c = 0; c < count; ++c) {
+      const T* kj = kb + idx[c] * n.D;
+      T* dst = k_t.data() + (c / tile) * n.D * tile + c % tile;
+      for (int64_t t = 0; t < n.D; ++t) dst[t * tile] = kj[t];
+    }
+    if (forward) {
+      v_rows.assign(cap * DVp, T(0));
+      for (int64_t c = 0; c < count; ++c) std::memcpy(v_rows.data() + c * DVp, vb + idx[c] * n.DV, n.DV * sizeof(T));
+    } else {
+      v_t.assign(cap * n.DV, T(0));
+      k_rows.assign(cap * Dp, T(0));
+      for (int64_t c = 0; c < count; ++c) {
+        const T* vj = vb + idx[c] * n.DV;
+        T* dst = v_t.data() + (c / tile) * n.DV * tile + c % tile;
+        for (int64_t t = 0; t < n.DV; ++t) dst[t * tile] = vj[t];
+        std::memcpy(k_rows.data() + c * Dp, kb + idx[c] * n.D, n.D * sizeof(T));
+      }
+    }
+  }
+
+  // Packed keys that some query row < i_end may see.
+  int64_t visible(int64_t i_end, bool causal) const {
+    if (!causal) return count;
+    return std::lower_bound(idx.begin(), idx.begin() + count, i_end) - idx.begin();
+  }
+};
+
+// Scores of a tile's row i at packed columns [0, nk_p): columns past nk (tile
+// tail) and, on a diagonal tile, columns whose key comes after row i get `fill`.
+template <typename T>
+inline void mask_row(T* row, const int64_t* idx, int64_t nk, int64_t nk_p, int64_t i, bool diagonal, T fill) {
+  for (int64_t jj = nk; jj < nk_p; ++jj) row[jj] = fill;
+  if (diagonal) {
+    for (int64_t jj = nk - 1; jj >= 0 && idx[jj] > i; --jj) row[jj] = fill;
   }
 }
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, const bool* mask, scalar_t* out,
                     scalar_t* lse, const Dims& n, bool causal, scalar_t scale) {
-  using acc_t = scalar_t;  // float or double on the CPU
-  const int64_t q_tiles = (n.L + kQueryTile - 1) / kQueryTile;
+  using T = scalar_t;  // float or double on the CPU; accumulation in T
+  constexpr int64_t W = Vec<T>::W;
+  const int64_t DVp = round_up(n.DV, W);
+  const int64_t q_tiles = (n.L + kFwdQueryTile - 1) / kFwdQueryTile;
   at::parallel_for(0, n.B * n.H * q_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q_tile(kQueryTile * n.D), k_t(n.D * kKeyTile), scores(kQueryTile * kKeyTile);
-    std::vector<acc_t> acc(kQueryTile * n.DV), m(kQueryTile), l(kQueryTile);
-    std::vector<char> padded(kKeyTile);
+    PackedKeys<T> keys(kFwdKeyTile);  // re-packed when the task's (b, h) changes
+    std::vector<T> q_tile(kFwdQueryTile * n.D), s(kFwdQueryTile * kFwdKeyTile), acc(kFwdQueryTile * DVp), m(kFwdQueryTile),
+        l(kFwdQueryTile);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / q_tiles, i0 = (task % q_tiles) * kQueryTile, b = bh / n.H;
-      const int64_t nq = std::min(kQueryTile, n.L - i0);
-      const scalar_t* qb = q + (bh * n.L + i0) * n.D;
-      const scalar_t* kb = k + bh * n.S * n.D;
-      const scalar_t* vb = v + bh * n.S * n.DV;
+      const int64_t bh = task / q_tiles, i0 = (task % q_tiles) * kFwdQueryTile;
+      const int64_t nq = std::min(kFwdQueryTile, n.L - i0);
+      if (keys.bh != bh) keys.pack(bh, k, v, mask, n, true);
+      const T* qb = q + (bh * n.L + i0) * n.D;
       for (int64_t x = 0; x < nq * n.D; ++x) q_tile[x] = scale * qb[x];  // fold the scale into q
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(m.begin(), m.end(), neg_inf<acc_t>());
-      std::fill(l.begin(), l.end(), acc_t(0));
-      const int64_t keys = key_end(i0 + nq, n.S, causal);
-      for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
-        const int64_t nk = std::min(kKeyTile, keys - j0);
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          padded[jj] = mask != nullptr && mask[b * n.S + j0 + jj];
-          for (int64_t t = 0; t < n.D; ++t) k_t[t * kKeyTile + jj] = kb[(j0 + jj) * n.D + t];
-        }
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(m.begin(), m.end(), neg_inf<T>());
+      std::fill(l.begin(), l.end(), T(0));
+      const int64_t visible = keys.visible(i0 + nq, causal);
+      for (int64_t j0 = 0; j0 < visible; j0 += kFwdKeyTile) {
+        const int64_t nk = std::min(kFwdKeyTile, visible - j0), nk_p = round_up(nk, W);
+        const int64_t* idx = keys.idx.data() + j0;
+        const bool diagonal = causal && idx[nk - 1] > i0;
+        // s = (scale·Q) Kᵀ over the tile
+        gemm<T>(nq, nk_p, n.D, q_tile.data(), n.D, 1, keys.k_t.data() + j0 * n.D, kFwdKeyTile, s.data(), kFwdKeyTile,
+                false);
         for (int64_t ii = 0; ii < nq; ++ii) {
-          const int64_t i = i0 + ii;
-          acc_t* s = scores.data() + ii * kKeyTile;
-          dot_columns(q_tile.data() + ii * n.D, k_t.data(), n.D, nk, s);
-          acc_t block_max = neg_inf<acc_t>();
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            s[jj] = allowed(i, j0 + jj, padded[jj], causal) ? s[jj] : neg_inf<acc_t>();
-            block_max = std::max(block_max, s[jj]);
+          T* row = s.data() + ii * kFwdKeyTile;
+          mask_row(row, idx, nk, nk_p, i0 + ii, diagonal, neg_inf<T>());
+          const T block_max = attnbench_vec::row_max(row, nk_p);
+          if (block_max == neg_inf<T>()) {  // nothing allowed for this row in this tile
+            std::fill(row, row + nk_p, T(0));
+            continue;
           }
-          if (block_max == neg_inf<acc_t>()) continue;  // nothing allowed in this tile
-          const acc_t factor = online_rescale(m[ii], l[ii], block_max);
-          acc_t* a = acc.data() + ii * n.DV;
-          if (factor != acc_t(1)) {
-            for (int64_t c = 0; c < n.DV; ++c) a[c] *= factor;
+          const T factor = online_rescale(m[ii], l[ii], block_max);
+          if (factor != T(1)) {
+            T* a = acc.data() + ii * DVp;
+            for (int64_t c = 0; c < DVp; ++c) a[c] *= factor;
           }
-          const acc_t mi = m[ii];
-          acc_t sum = 0;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            const acc_t p = s[jj] == neg_inf<acc_t>() ? acc_t(0) : exp_acc<acc_t>(s[jj] - mi);
-            s[jj] = p;
-            sum += p;
-          }
-          l[ii] += sum;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            const acc_t p = s[jj];
-            if (p == acc_t(0)) continue;
-            const scalar_t* vj = vb + (j0 + jj) * n.DV;
-            for (int64_t c = 0; c < n.DV; ++c) a[c] += p * vj[c];
-          }
+          l[ii] += attnbench_vec::exp_affine(row, nk_p, T(1), m[ii]);  // masked: exp(−inf) = 0
         }
+        // acc += P V over the tile
+        gemm<T>(nq, DVp, nk, s.data(), kFwdKeyTile, 1, keys.v_rows.data() + j0 * DVp, DVp, acc.data(), DVp, true);
       }
       for (int64_t ii = 0; ii < nq; ++ii) {
-        const acc_t inv = inv_sum(l[ii]);
-        scalar_t* o = out + (bh * n.L + i0 + ii) * n.DV;
-        const acc_t* a = acc.data() + ii * n.DV;
-        for (int64_t c = 0; c < n.DV; ++c) o[c] = static_cast<scalar_t>(a[c] * inv);
-        lse[bh * n.L + i0 + ii] = static_cast<scalar_t>(log_sum_exp(m[ii], l[ii]));
+        const T inv = inv_sum(l[ii]);
+        T* o = out + (bh * n.L + i0 + ii) * n.DV;
+        const T* a = acc.data() + ii * DVp;
+        for (int64_t c = 0; c < n.DV; ++c) o[c] = a[c] * inv;
+        lse[bh * n.L + i0 + ii] = log_sum_exp(m[ii], l[ii]);
       }
     }
   });
@@ -165,70 +266,71 @@ template <typename scalar_t>
 void backward_kernel(const scalar_t* gout, const scalar_t* q, const scalar_t* k, const scalar_t* v, const bool* mask,
                      const scalar_t* out, const scalar_t* lse, scalar_t* dq, scalar_t* dk, scalar_t* dv, const Dims& n,
                      bool causal, scalar_t scale) {
-  using acc_t = scalar_t;
+  using T = scalar_t;
+  constexpr int64_t W = Vec<T>::W;
+  const int64_t Dp = round_up(n.D, W), DVp = round_up(n.DV, W);
+  // One task per (b, h): dK and dV of a key tile are summed over all query tiles
+  // and dQ over all key tiles inside one task, in a fixed order (deterministic).
   at::parallel_for(0, n.B * n.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> D(n.L), dq_acc(n.L * n.D), k_t(n.D * kKeyTile), v_t(n.DV * kKeyTile);
-    std::vector<acc_t> dk_acc(kKeyTile * n.D), dv_acc(kKeyTile * n.DV), p(kKeyTile), ds(kKeyTile);
-    std::vector<char> padded(kKeyTile);
+    PackedKeys<T> keys(kBwdKeyTile);
+    std::vector<T> q_rows(n.L * Dp, T(0)), g_rows(n.L * DVp, T(0)), dq_acc(n.L * Dp), Drow(n.L);
+    std::vector<T> p(kBwdQueryTile * kBwdKeyTile), ds(kBwdQueryTile * kBwdKeyTile), dk_acc(kBwdKeyTile * Dp), dv_acc(kBwdKeyTile * DVp);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / n.H;
-      const scalar_t* qb = q + bh * n.L * n.D;
-      const scalar_t* kb = k + bh * n.S * n.D;
-      const scalar_t* vb = v + bh * n.S * n.DV;
-      const scalar_t* gb = gout + bh * n.L * n.DV;
-      const scalar_t* ob = out + bh * n.L * n.DV;
-      const scalar_t* lb = lse + bh * n.L;
+      keys.pack(bh, k, v, mask, n, false);
+      const T* qb = q + bh * n.L * n.D;
+      const T* gb = gout + bh * n.L * n.DV;
+      const T* ob = out + bh * n.L * n.DV;
+      const T* lb = lse + bh * n.L;
       for (int64_t i = 0; i < n.L; ++i) {
-        acc_t sum = 0;
-        for (int64_t c = 0; c < n.DV; ++c) sum += acc_t(gb[i * n.DV + c]) * acc_t(ob[i * n.DV + c]);
-        D[i] = sum;
+        std::memcpy(q_rows.data() + i * Dp, qb + i * n.D, n.D * sizeof(T));
+        std::memcpy(g_rows.data() + i * DVp, gb + i * n.DV, n.DV * sizeof(T));
+        T sum = 0;
+        for (int64_t c = 0; c < n.DV; ++c) sum += gb[i * n.DV + c] * ob[i * n.DV + c];
+        Drow[i] = sum;
       }
-      std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
-      for (int64_t j0 = 0; j0 < n.S; j0 += kKeyTile) {
-        const int64_t nk = std::min(kKeyTile, n.S - j0);
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          padded[jj] = mask != nullptr && mask[b * n.S + j0 + jj];
-          for (int64_t t = 0; t < n.D; ++t) k_t[t * kKeyTile + jj] = kb[(j0 + jj) * n.D + t];
-          for (int64_t c = 0; c < n.DV; ++c) v_t[c * kKeyTile + jj] = vb[(j0 + jj) * n.DV + c];
-        }
-        std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
-        std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
-        for (int64_t i = first_query(j0, causal); i < n.L; ++i) {
-          const acc_t lse_i = lb[i];
-          if (lse_i == neg_inf<acc_t>()) continue;  // fully masked row: contributes 0 everywhere
-          const scalar_t* qi = qb + i * n.D;
-          const scalar_t* gi = gb + i * n.DV;
-          dot_columns(qi, k_t.data(), n.D, nk, p.data());   // p <- q_i · k_j (unscaled)
-          dot_columns(gi, v_t.data(), n.DV, nk, ds.data());  // ds <- dp = gout_i · v_j
-          bool any = false;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            const bool ok = allowed(i, j0 + jj, padded[jj], causal);
-            const acc_t pj = ok ? exp_acc<acc_t>(scale * p[jj] - lse_i) : acc_t(0);
-            p[jj] = pj;
-            ds[jj] = scale * dscore(pj, ds[jj], D[i]);
-            any |= ok;
-          }
-          if (!any) continue;
-          acc_t* dqi = dq_acc.data() + i * n.D;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            const acc_t pj = p[jj], dsj = ds[jj];
-            if (pj == acc_t(0)) continue;
-            acc_t* dvj = dv_acc.data() + jj * n.DV;
-            for (int64_t c = 0; c < n.DV; ++c) dvj[c] += pj * acc_t(gi[c]);
-            acc_t* dkj = dk_acc.data() + jj * n.D;
-            const scalar_t* kj = kb + (j0 + jj) * n.D;
-            for (int64_t t = 0; t < n.D; ++t) {
-              dkj[t] += dsj * acc_t(qi[t]);
-              dqi[t] += dsj * acc_t(kj[t]);
+      std::fill(dq_acc.begin(), dq_acc.end(), T(0));
+      // Padded keys get exactly 0; the allowed ones are overwritten below.
+      std::fill(dk + bh * n.S * n.D, dk + (bh + 1) * n.S * n.D, T(0));
+      std::fill(dv + bh * n.S * n.DV, dv + (bh + 1) * n.S * n.DV, T(0));
+      for (int64_t j0 = 0; j0 < keys.count; j0 += kBwdKeyTile) {
+        const int64_t nk = std::min(kBwdKeyTile, keys.count - j0), nk_p = round_up(nk, W);
+        const int64_t* idx = keys.idx.data() + j0;
+        std::fill(dk_acc.begin(), dk_acc.end(), T(0));
+        std::fill(dv_acc.begin(), dv_acc.end(), T(0));
+        for (int64_t i0 = causal ? idx[0] : 0; i0 < n.L; i0 += kBwdQueryTile) {
+          const int64_t nq = std::min(kBwdQueryTile, n.L - i0);
+          const bool diagonal = causal && idx[nk - 1] > i0;
+          gemm<T>(nq, nk_p, n.D, q_rows.data() + i0 * Dp, Dp, 1, keys.k_t.data() + j0 * n.D, kBwdKeyTile, p.data(),
+                  kBwdKeyTile, false);  // q·k (unscaled)
+          gemm<T>(nq, nk_p, n.DV, g_rows.data() + i0 * DVp, DVp, 1, keys.v_t.data() + j0 * n.DV, kBwdKeyTile, ds.data(),
+                  kBwdKeyTile, false);  // dp = gout·v
+          for (int64_t ii = 0; ii < nq; ++ii) {
+            const int64_t i = i0 + ii;
+            T* prow = p.data() + ii * kBwdKeyTile;
+            T* drow = ds.data() + ii * kBwdKeyTile;
+            const T lse_i = lb[i];
+            if (lse_i == neg_inf<T>()) {  // fully masked row: contributes 0 everywhere
+              std::fill(prow, prow + nk_p, T(0));
+              std::fill(drow, drow + nk_p, T(0));
+              continue;
             }
+            attnbench_vec::exp_affine(prow, nk_p, scale, lse_i);  // p = exp(scale·q·k − lse)
+            mask_row(prow, idx, nk, nk_p, i, diagonal, T(0));
+            const T Di = Drow[i];
+            for (int64_t jj = 0; jj < nk_p; ++jj) drow[jj] = scale * dscore(prow[jj], drow[jj], Di);
           }
+          // dV += Pᵀ dO, dK += dSᵀ Q, dQ += dS K (dS carries the scale)
+          gemm<T>(nk, DVp, nq, p.data(), 1, kBwdKeyTile, g_rows.data() + i0 * DVp, DVp, dv_acc.data(), DVp, true);
+          gemm<T>(nk, Dp, nq, ds.data(), 1, kBwdKeyTile, q_rows.data() + i0 * Dp, Dp, dk_acc.data(), Dp, true);
+          gemm<T>(nq, Dp, nk, ds.data(), kBwdKeyTile, 1, keys.k_rows.data() + j0 * Dp, Dp, dq_acc.data() + i0 * Dp, Dp,
+                  true);
         }
         for (int64_t jj = 0; jj < nk; ++jj) {
-          for (int64_t t = 0; t < n.D; ++t) dk[(bh * n.S + j0 + jj) * n.D + t] = dk_acc[jj * n.D + t];
-          for (int64_t c = 0; c < n.DV; ++c) dv[(bh * n.S + j0 + jj) * n.DV + c] = dv_acc[jj * n.DV + c];
+          std::memcpy(dk + (bh * n.S + idx[jj]) * n.D, dk_acc.data() + jj * Dp, n.D * sizeof(T));
+          std::memcpy(dv + (bh * n.S + idx[jj]) * n.DV, dv_acc.data() + jj * DVp, n.DV * sizeof(T));
         }
       }
-      for (int64_t x = 0; x < n.L * n.D; ++x) dq[bh * n.L * n.D + x] = dq_acc[x];
+      for (int64_t i = 0; i < n.L; ++i) std::memcpy(dq + (bh * n.L + i) * n.D, dq_acc.data() + i * Dp, n.D * sizeof(T));
     }
   });
 }
