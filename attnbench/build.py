@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from attnbench.errors import UsageError
+from attnbench.measure.env import usable_cores
 
 IMPLS_DIR = Path(__file__).resolve().parent.parent / "impls"
 # Headers shared by several mechanisms (softmax tiles, the CUDA stream/guard shim):
@@ -266,7 +267,7 @@ def check_cuda(mech: str | None = None, arch: str = "75") -> list[tuple[Path, bo
             return cu, proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
         # one nvcc per core: each file takes minutes (four dtypes of templates)
-        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
             results = list(pool.map(compile_one, cuda_sources(mech)))
     return results
 

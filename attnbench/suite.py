@@ -374,6 +374,14 @@ def _profile(r: _Reader, pname: str, p: dict[str, Any], mechanisms: tuple[str, .
             raise r.fail(key, f"case {c.shape_id} appears twice ({seen[c.shape_id]!r} and {c.name!r})")
         seen[c.shape_id] = c.name
     scaling = tuple(_scaling(r, where, e, mechanisms) for where, e in entries("scaling"))
+    axes_seen: set[tuple[str, str]] = set()
+    for axis in scaling:
+        if (axis.mechanism, axis.name) in axes_seen:
+            raise r.fail(
+                f"profiles.{pname}.scaling",
+                f"two sweeps of {axis.mechanism} are named {axis.name!r}; names must differ per mechanism",
+            )
+        axes_seen.add((axis.mechanism, axis.name))
     return Profile(pname, dtypes, devices, tuple(cases), tuple(gradcheck), tuple(modules), scaling, timing)
 
 

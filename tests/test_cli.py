@@ -183,3 +183,21 @@ def test_report_rebuilds_from_csv(run_cli: Callable[..., int], tiny_suite: Path,
     (out / "report.md").unlink()
     assert run_cli("report", out) == 0
     assert "## Correctness" in (out / "report.md").read_text()
+
+
+def test_expected_failure_keeps_the_row_and_exit_0(
+    run_cli: Callable[..., int], write_suite: Callable[..., Path], tmp_path: Path
+) -> None:
+    from .conftest import TINY_CCNET
+
+    suite = TINY_CCNET + (
+        '    [[expected_failures]]\n    impl = "self_twice"\n    check = "forward"\n    case = "H=4"\n'
+        '    reason = "known: counts the pixel twice"\n'
+    )
+    out = tmp_path / "out"
+    args = ["--impl", EXAMPLES / "wrong" / "ccnet_self_twice.py", "--only", "self_twice", "--quiet"]
+    code = run_cli("run", write_suite(suite, "xf"), "--out", out, *args)
+    rows = [r for r in read(out / "checks.csv") if r["check"] == "forward" and r["status"] == "fail"]
+    assert {r["expected"] for r in rows if "H=4" in r["case"]} == {"known: counts the pixel twice"}
+    # the other case is not covered by the entry: still a failure, exit 1
+    assert any(r["expected"] == "" for r in rows) and code == 1

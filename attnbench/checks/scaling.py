@@ -13,7 +13,10 @@ passing check), then:
   interval for ``b``;
 - compares ``b`` with the model's own exponent over the same range (for CCNet
   ``S²(2S−1)`` has local slope ≈ 2.96 on S = 32…64, non-local's ``S⁴`` has 4):
-  ``pass`` when ``|b − b_theory| ≤ tolerance`` (suite, default 0.35).
+  ``fail`` when ``b > b_theory + tolerance`` (suite, default 0.35): the impl does
+  more work than the model allows. A ``b`` below the model passes with a note
+  (overheads and growing GEMM efficiency flatten measured curves at practical
+  sizes; the report shows every exponent with its interval).
 
 Peak-memory exponents are fitted the same way and reported (the memory a
 correct impl needs depends on its design, so they do not decide the verdict).
@@ -141,16 +144,25 @@ def theory_exponent(axis: ScalingAxis, fit: Fit, model: dict[int, float]) -> flo
 
 
 def verdict(fit: Fit | None, theory: float, tolerance: float) -> tuple[str, str]:
+    """``fail`` when time grows faster than the cost model allows (exponent above theory +
+    tolerance): hidden extra work, such as a criss-cross impl that is secretly quadratic
+    in HW. An exponent *below* theory is not a defect: at practical sizes per-call
+    overheads and BLAS efficiency that still grows with the problem (CCNet's batched
+    GEMMs run at 6 GFLOP/s at 64x64 and 12 at 128x128 on one core) flatten the curve;
+    it passes with a note, and the report shows the exponent and its interval."""
     if fit is None:
         return "skip", "fewer than 3 measured points"
     if theory != theory:
         return "skip", "no cost model for this mechanism"
-    ok = abs(fit.exponent - theory) <= tolerance
     detail = (
         f"time exponent {fit.exponent:.2f} (95% CI [{fit.ci_low:.2f}, {fit.ci_high:.2f}]) vs theory "
-        f"{theory:.2f} ± {tolerance:g}, fitted on {fit.points} points from {fit.fit_from} to {fit.fit_to}"
+        f"{theory:.2f} + {tolerance:g}, fitted on {fit.points} points from {fit.fit_from} to {fit.fit_to}"
     )
-    return ("pass" if ok else "fail"), detail
+    if fit.exponent > theory + tolerance:
+        return "fail", detail + ": grows faster than the cost model"
+    if fit.exponent < theory - tolerance:
+        return "pass", detail + ": below theory (overheads or rising efficiency dominate at these sizes)"
+    return "pass", detail
 
 
 def fits_for(points: list[dict[str, Any]], axis: ScalingAxis) -> dict[str, Any]:

@@ -82,9 +82,18 @@ def _load_average() -> float | None:
         return None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under ``taskset``), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def set_threads(threads: int) -> int:
-    """Fixes intra-op threads (0: all cores) and returns the number in force."""
-    n = threads or os.cpu_count() or 1
+    """Fixes intra-op threads (0: every core this process may use) and returns the number in force.
+    More threads than usable cores would make OpenMP barriers wait on descheduled threads."""
+    n = threads or usable_cores()
     torch.set_num_threads(n)
     return torch.get_num_threads()
 

@@ -63,6 +63,44 @@ def _flops_at(mechanism: str, s: int) -> float:
     return float(mech.flops(Case(mechanism, mech.core, params)))
 
 
+def comparison_plot(out: Path, pairs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> Path:
+    """Both mechanisms on one log-log figure: time (left) and peak extra memory (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"ccnet": ("o-", "criss-cross"), "nonlocal": ("s-", "non-local")}
+    for impl, cc, nl in pairs:
+        for mech, rec in (("ccnet", cc), ("nonlocal", nl)):
+            marker, name = styles[mech]
+            xs = [p["value"] for p in rec["points"]]
+            fit = rec["fits"]["time"]
+            label = f"{name}, {impl}" + (f" (b={fit.exponent:.2f})" if fit else "")
+            line = ax_t.loglog(xs, [p["median_s"] for p in rec["points"]], marker, label=label)[0]
+            mem = [max(p["peak_bytes"] or 0.0, 1.0) for p in rec["points"]]
+            ax_m.loglog(xs, mem, marker, color=line.get_color(), label=f"{name}, {impl}")
+            # analytic slope through the last point
+            power = 3 if mech == "ccnet" else 4
+            x_end, t_end = xs[-1], rec["points"][-1]["median_s"]
+            ax_t.loglog(xs, [t_end * (x / x_end) ** power for x in xs], ":", color=line.get_color(), alpha=0.6)
+    for ax, ylabel in ((ax_t, "median time per forward call [s]"), (ax_m, "peak extra memory [bytes]")):
+        ax.set_xlabel("H = W (log)")
+        ax.set_ylabel(ylabel + " (log)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_t.set_title("criss-cross vs non-local: time (dotted: S³ and S⁴)", fontsize=9)
+    ax_m.set_title("criss-cross vs non-local: peak extra memory", fontsize=9)
+    fig.tight_layout()
+    folder = out / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ccnet_vs_nonlocal.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def section(out: Path, env: dict[str, Any]) -> list[str]:
     mechanisms = set((env.get("suite") or {}).get("mechanisms", []))
     if not {"ccnet", "nonlocal"} <= mechanisms:
@@ -96,6 +134,14 @@ def section(out: Path, env: dict[str, Any]) -> list[str]:
     ]
     if not pairs:
         return lines + ["(no matching sweeps of both mechanisms in this run)", ""]
+    png = comparison_plot(out, pairs)
+    lines += [
+        f"![criss-cross vs non-local](plots/{png.name})",
+        "",
+        "Time and peak extra memory of one forward call along H = W (log-log), both mechanisms with the same "
+        "channels; dotted lines: the analytic slopes S³ (criss-cross, HW·(H+W−1)) and S⁴ (non-local, (HW)²).",
+        "",
+    ]
     for impl, cc, nl in pairs:
         cpts = {p["value"]: p for p in cc["points"]}
         npts = {p["value"]: p for p in nl["points"]}

@@ -7,6 +7,7 @@ Built only from the CSV files and env.json of a result folder, so
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,20 @@ def table(df: pd.DataFrame) -> list[str]:
         cells = [str(v).replace("|", "\\|").replace("\n", " ") for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+PERF_KEY = ("mechanism", "impl", "case", "dtype", "device", "pass")
+
+
+def guarded(section: Callable[..., list[str]], *args: Any) -> list[str]:
+    """A report section, or a visible note if it failed: measured rows are already in the
+    CSV files and a bug in one section must not cost the rest of the report."""
+    try:
+        return section(*args)
+    except Exception as exc:
+        name = getattr(section, "__qualname__", repr(section))
+        warnings.warn(f"report section {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+        return [f"> **Report section `{name}` failed** ({type(exc).__name__}: {exc}); the CSV files are complete.", ""]
 
 
 def load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -133,15 +148,18 @@ def write_report(out: Path) -> Path:
                 lines += [f"... and {len(bad) - 60} more in checks.csv", ""]
         lines += correctness_section(checks)
     if not perf.empty:
-        lines += performance_section(perf, out)
-        lines += memory_section(perf)
-        lines += bandwidth_section(perf, env)
+        # a shape measured both as a suite case and as a scaling point: the case row
+        # here, every point in the Scaling section
+        perf = perf.drop_duplicates(subset=[c for c in PERF_KEY if c in perf], keep="first")
+        lines += guarded(performance_section, perf, out)
+        lines += guarded(memory_section, perf)
+        lines += guarded(bandwidth_section, perf, env)
     from attnbench.report import ccnet_vs_nonlocal, scaling_section
 
-    lines += scaling_section.section(out, env)
-    lines += ccnet_vs_nonlocal.section(out, env)
+    lines += guarded(scaling_section.section, out, env)
+    lines += guarded(ccnet_vs_nonlocal.section, out, env)
     for section in SECTIONS:
-        lines += section(out, env)
+        lines += guarded(section, out, env)
     if not checks.empty:
         skips = checks[checks["status"] == "skip"]
         if len(skips):
