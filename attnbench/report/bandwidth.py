@@ -19,6 +19,9 @@ import pandas as pd
 
 from attnbench.report import markdown
 
+# Below this per-call time (vectorized), a shape measures call overhead rather than the kernel.
+OVERHEAD_BOUND_S = 100e-6
+
 
 def _explain(pct: float, bytes_moved: float) -> str:
     if pct >= 50:
@@ -52,7 +55,8 @@ def speed_and_bandwidth(out: Path, env: dict[str, Any], mechanism: str, title: s
     for (device, dtype, pass_), sub in perf.groupby(["device", "dtype", "pass"], sort=True):
         peak = peaks.get(device)
         rows = []
-        slower = []
+        slower: list[str] = []
+        overhead_bound: list[str] = []
         for case, g in sub.groupby("case", sort=False):
             med = dict(zip(g["impl"], g["median_s"], strict=True))
             moved = float(g["bytes_moved"].iloc[0]) if "bytes_moved" in g else float("nan")
@@ -61,6 +65,8 @@ def speed_and_bandwidth(out: Path, env: dict[str, Any], mechanism: str, title: s
             speedup = med["vectorized"] / med["ext"]
             if speedup < 1.0:
                 slower.append(markdown.short_case(case))
+                if med["vectorized"] < OVERHEAD_BOUND_S:
+                    overhead_bound.append(markdown.short_case(case))
             gbs = moved / med["ext"] / 1e9
             rows.append(
                 {
@@ -85,6 +91,14 @@ def speed_and_bandwidth(out: Path, env: dict[str, Any], mechanism: str, title: s
         verdict = f"- {device}/{dtype}/{pass_}: ext ≥ vectorized at {len(df) - len(slower)}/{len(df)} shapes" + (
             f" (slower at {', '.join(slower)})" if slower else ""
         )
+        if overhead_bound:
+            fixed = df["ext"].iloc[int(df["_moved"].values.argmin())]
+            verdict += (
+                f". {len(overhead_bound)} of those take under {OVERHEAD_BOUND_S * 1e6:.0f} µs with the vectorized "
+                f"impl: there the ext's fixed cost per call (a torch.library op with its Python autograd "
+                f"registration and argument checks; {fixed} at the smallest shape here) outweighs the work, "
+                "while the vectorized impl's one or two ATen calls cost less"
+            )
         if peak:
             verdict += (
                 f"; largest shape {biggest['case']}: ext {biggest['ext GB/s']} GB/s = {biggest['_pct']:.0f}% of "
