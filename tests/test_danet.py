@@ -192,3 +192,36 @@ def test_wrong_danet_is_caught(
     failed = run.failed
     assert caught_by <= failed, failed
     assert run.vectorized_clean
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"B": 2, "Cq": 4, "C": 6, "H": 13, "W": 11},  # 143 positions: query tiles of 128, one partial
+        {"B": 1, "Cq": 64, "C": 200, "H": 17, "W": 16},  # 272 positions: query tiles of 256, one partial
+        {"B": 2, "Cq": 1, "C": 1, "H": 1, "W": 1},
+        {"B": 1, "Cq": 2, "C": 3, "H": 2, "W": 1},
+    ],
+    ids=["odd-tiles", "wide-channels", "1x1", "tiny"],
+)
+@pytest.mark.parametrize("key_block", [9, 256])
+def test_pam_ext_equals_float64_reference_on_tile_edges(
+    dtype: torch.dtype, shape: dict[str, int], key_block: int
+) -> None:
+    """The CPU fast path (BLAS tiles, vector softmax, flash backward) forward and all grads."""
+    from impls.danet.ext import pam_ext_op
+
+    inputs = pam_inputs(pam_case(**shape)).to(torch.float64, "cpu")
+    ref_args = tuple(t.detach().requires_grad_() for t in inputs.tensors.values())
+    args = tuple(t.detach().to(dtype).requires_grad_() for t in ref_args)
+    ref = pam_vectorized(*ref_args)
+    gout = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref_grads = torch.autograd.grad(ref, ref_args, gout)
+    out = pam_ext_op(*args, key_block=key_block)
+    grads = torch.autograd.grad(out, args, gout.to(dtype))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.double(), g_ref, atol=tol, rtol=tol)

@@ -154,3 +154,88 @@ def test_wrong_nonlocal_is_caught(
     failed = run.failed
     assert caught_by <= failed, failed
     assert run.vectorized_clean
+
+
+def _ext_vs_float64_reference(
+    mode: str, scaled: bool, dtype: torch.dtype, key_block: int, **shape: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, tuple[torch.Tensor, ...]]:
+    from impls.non_local.ext import non_local_ext_op
+
+    inputs = make_inputs(case(mode, scaled, **shape)).to(torch.float64, "cpu")
+    ref_args = tuple(t.detach().requires_grad_() for t in inputs.tensors.values())
+    args = tuple(t.detach().to(dtype).requires_grad_() for t in ref_args)
+    ref = non_local_vectorized(*ref_args, **inputs.kwargs)
+    gout = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref_grads = torch.autograd.grad(ref, ref_args, gout)
+    out = non_local_ext_op(*args, key_block=key_block, **inputs.kwargs)
+    grads = torch.autograd.grad(out, args, gout.to(dtype))
+    return out, grads, ref, ref_grads
+
+
+@needs_ext
+@pytest.mark.parametrize(("mode", "scaled"), MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # query tiles of 128 (Ck + Cv < 256) and 256 rows, neither a multiple; keys ≠ queries
+        {"B": 2, "Ck": 5, "Cv": 7, "H": 13, "W": 23, "Hk": 9, "Wk": 31},
+        {"B": 1, "Ck": 130, "Cv": 131, "H": 17, "W": 19, "Hk": 7, "Wk": 5},
+        {"B": 2, "Ck": 1, "Cv": 1, "H": 1, "W": 1, "Hk": 1, "Wk": 1},
+        {"B": 1, "Ck": 2, "Cv": 3, "H": 1, "W": 3, "Hk": 2, "Wk": 1},
+    ],
+    ids=["odd-tiles", "wide-channels", "1x1", "tiny"],
+)
+@pytest.mark.parametrize("key_block", [7, 256])
+def test_ext_equals_float64_reference_on_tile_edges(
+    mode: str, scaled: bool, dtype: torch.dtype, shape: dict[str, int], key_block: int
+) -> None:
+    """The CPU fast paths (BLAS tiles + vector softmax, concat sweep) forward and all grads."""
+    out, grads, ref, ref_grads = _ext_vs_float64_reference(mode, scaled, dtype, key_block, **shape)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.double(), g_ref, atol=tol, rtol=tol)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_concat_ties_at_zero_follow_relu(dtype: torch.dtype) -> None:
+    """Pre-activations exactly 0 (a_i = −b_j) give f = 0 and ReLU'(0) = 0, as torch.relu."""
+    from impls.non_local.ext import non_local_ext_op
+
+    theta = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 1.0], dtype=torch.float64).view(1, 1, 2, 3)
+    phi = torch.tensor([1.0, 0.0, -1.0, -2.0], dtype=torch.float64).view(1, 1, 2, 2)
+    g = torch.randn(1, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    ref_args = tuple(t.clone().requires_grad_() for t in (theta, phi, g, w))
+    args = tuple(t.detach().to(dtype).requires_grad_() for t in ref_args)
+    ref = non_local_vectorized(*ref_args, mode="concat")
+    out = non_local_ext_op(*args, mode="concat")
+    gout = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref_grads = torch.autograd.grad(ref, ref_args, gout)
+    grads = torch.autograd.grad(out, args, gout.to(dtype))
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
+    for gr, gr_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(gr.double(), gr_ref, atol=1e-6, rtol=1e-6)
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "concat"])
+def test_ext_backward_is_deterministic_with_threads(mode: str) -> None:
+    """Two threads and B = 1: the softmax backward splits the key tiles into chunks (dq summed in order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [
+            _ext_vs_float64_reference(mode, False, torch.float32, 16, B=1, Ck=6, Cv=5, H=9, W=10, Hk=8, Wk=9)
+            for _ in range(2)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    (out, grads, ref, ref_grads), (out2, grads2, _, _) = runs
+    assert torch.equal(out, out2)
+    for g, g2, g_ref in zip(grads, grads2, ref_grads, strict=True):
+        assert torch.equal(g, g2)
+        torch.testing.assert_close(g.double(), g_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)

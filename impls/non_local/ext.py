@@ -9,7 +9,12 @@ importing this module never needs a compiler. Strategies (csrc/non_local_ops.h):
   (flash-attention style). No N×M matrix is stored, with or without autograd,
   so extra memory is O(N·(tile + Cv)) — linear in HW.
 - dot: associative, y = θ(φᵀg)/M (B·(N+M)·Ck·Cv MACs, a Ck×Cv intermediate).
-- concat: key tiles of ReLU(a_i + b_j)/M, recomputed in backward.
+- concat: CUDA: key tiles of ReLU(a_i + b_j)/M, recomputed in backward. CPU: an
+  O((N + M)·Cv) sweep over the queries sorted by a and the keys sorted by b (the keys
+  with a_i + b_j > 0 are a prefix that only grows), no N×M work; ``key_block`` unused.
+
+CPU softmax path: one parallel region per (batch, query tile), BLAS tile products on
+raw pointers, a fused vectorized row softmax (impls/_common/csrc/softmax_tiles.h).
 """
 
 from __future__ import annotations

@@ -16,8 +16,12 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "softmax_math.h"
+#if !defined(__CUDACC__)
+#include "vec_math.h"
+#endif
 
 namespace attnbench_tiles {
 
@@ -66,11 +70,270 @@ struct CpuRows {
   }
 };
 
+#if !defined(__CUDACC__)
+// ---- CPU fast path (host compiler only; nvcc sees the generic drivers below) ----------
+//
+// One at::parallel_for over (batch, query tile) for the forward and over
+// (batch, chunk of key tiles) for the backward; inside a task the tile products
+// are direct BLAS calls (sgemm_/dgemm_ as exported by libtorch_cpu, weak, with
+// an at::mm fallback; a BLAS call inside a parallel region runs single-threaded)
+// on raw pointers into the channels-first [C, N] operands, and the per-row softmax work is one fused
+// pass per score row with the vector exp/max/sum of vec_math.h. Scratch per
+// task: one [TQ, TK] score tile (two in backward), a [TQ, Cv] accumulator.
+
+}  // namespace attnbench_tiles
+
+// The Fortran BLAS that libtorch_cpu exports on x86-64 wheels (MKL). Declared weak:
+// a torch without these symbols still loads the extension, and blas_gemm falls
+// back to at::mm on views of the same memory.
+extern "C" {
+__attribute__((weak)) void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                                  const float* beta, float* c, const int* ldc);
+__attribute__((weak)) void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const double* alpha, const double* a, const int* lda, const double* b,
+                                  const int* ldb, const double* beta, double* c, const int* ldc);
+}
+
+namespace attnbench_tiles {
+namespace cpu {
+
+// Query rows per task tile (the key tile is the op's key_block): 256 when the
+// channels make the tile products dominate (bigger BLAS calls), else 128 (the
+// score tiles stay in L2). Measured at C = 64 and 512, docs/nonlocal.md.
+inline int64_t query_tile(int64_t Ck, int64_t Cv) { return Ck + Cv >= 256 ? 256 : 128; }
+
+// Column-major C[m, n] = alpha · op(A) op(B) + beta · C through ATen (no BLAS symbols).
+template <typename scalar_t>
+void aten_gemm(char ta, char tb, int m, int n, int k, scalar_t alpha, const scalar_t* a, int lda, const scalar_t* b,
+               int ldb, scalar_t beta, scalar_t* c, int ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  auto view = [&](const scalar_t* p, int rows, int cols, int ld, bool transposed) {
+    // op(X)[i, j] of a column-major X: X[i + j·ld], or X[j + i·ld] when transposed
+    return at::from_blob(const_cast<scalar_t*>(p), {rows, cols},
+                         transposed ? at::IntArrayRef{ld, 1} : at::IntArrayRef{1, ld}, opts);
+  };
+  at::Tensor out = view(c, m, n, ldc, false);
+  at::Tensor prod = at::mm(view(a, m, k, lda, ta != 'N'), view(b, k, n, ldb, tb != 'N'));
+  if (beta == scalar_t(0)) {
+    out.copy_(prod.mul_(alpha));
+  } else {
+    out.mul_(beta).add_(prod, alpha);
+  }
+}
+
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  if (sgemm_ != nullptr) {
+    sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+  } else {
+    aten_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
+                      int ldb, double beta, double* c, int ldc) {
+  if (dgemm_ != nullptr) {
+    dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+  } else {
+    aten_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+}
+
+// Column-major C[m, n] = alpha · op(A) op(B) + beta · C (BLAS conventions; every
+// operand here is a row-major [C, N] slice read as its column-major transpose).
+template <typename T>
+inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+                 int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS would scale C by beta; do it here (beta is 0 or 1 in this file)
+    if (beta == T(0)) {
+      for (int64_t col = 0; col < n; ++col) std::fill(c + col * ldc, c + col * ldc + m, T(0));
+    }
+    return;
+  }
+  blas_gemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+            static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+
+// q [B, Ck, N], k [B, Ck, M], v [B, Cv, M] -> out [B, Cv, N], lse [B, N] (all contiguous).
+template <typename T>
+void flash_forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t B, int64_t Ck, int64_t Cv, int64_t N,
+                   int64_t M, T scale, int64_t TK, const at::TensorOptions& opts) {
+  const int64_t TQ = std::min(query_tile(Ck, Cv), N);
+  const int64_t q_tiles = (N + TQ - 1) / TQ;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, B * q_tiles, 1, [&](int64_t begin, int64_t end) {
+    // per-task scratch through the c10 allocator (so memory probes see it)
+    auto scratch = at::empty({TQ * TK + TQ * Cv + 2 * TQ}, opts);
+    T* s = scratch.data_ptr<T>();
+    T* acc = s + TQ * TK;  // [TQ][Cv]
+    T* m = acc + TQ * Cv;
+    T* l = m + TQ;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / q_tiles, i0 = (task % q_tiles) * TQ, nq = std::min(TQ, N - i0);
+      const T* qb = q + b * Ck * N;
+      const T* kb = k + b * Ck * M;
+      const T* vb = v + b * Cv * M;
+      std::fill(acc, acc + nq * Cv, T(0));
+      std::fill(m, m + nq, neg_inf);
+      std::fill(l, l + nq, T(0));
+      for (int64_t j0 = 0; j0 < M; j0 += TK) {
+        const int64_t t = std::min(TK, M - j0);
+        // s[ii][jj] = scale · Σ_c q[c][i0+ii] k[c][j0+jj]
+        gemm<T>('N', 'T', t, nq, Ck, scale, kb + j0, M, qb + i0, N, T(0), s, TK);
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          T* row = s + ii * TK;
+          const T tile_max = attnbench_vec::row_max(row, t);
+          if (tile_max > m[ii]) {
+            if (l[ii] != T(0)) {  // rescale the earlier tiles' sum and accumulator
+              const T alpha = std::exp(m[ii] - tile_max);
+              l[ii] *= alpha;
+              T* a = acc + ii * Cv;
+              for (int64_t c = 0; c < Cv; ++c) a[c] *= alpha;
+            }
+            m[ii] = tile_max;
+          }
+          l[ii] += attnbench_vec::exp_affine(row, t, T(1), m[ii]);
+        }
+        // acc[ii][c] += Σ_jj p[ii][jj] v[c][j0+jj]
+        gemm<T>('T', 'N', Cv, nq, t, T(1), vb + j0, M, s, TK, T(1), acc, Cv);
+      }
+      T* ob = out + b * Cv * N + i0;
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        const T inv = T(1) / l[ii];
+        const T* a = acc + ii * Cv;
+        for (int64_t c = 0; c < Cv; ++c) ob[c * N + ii] = a[c] * inv;
+        lse[b * N + i0 + ii] = m[ii] + std::log(l[ii]);
+      }
+    }
+  });
+}
+
+// Gradients of flash_forward; dq, dk, dv must be zero on entry. Key tiles are
+// split into `chunks` contiguous groups per batch; a task = (batch, chunk)
+// owns its dk/dv columns and sums dq into its own [Ck, N] slice of dq_part
+// (nullptr when chunks == 1: straight into dq), reduced in chunk order after.
+// The summation order depends on the chunk count only: deterministic.
+template <typename T>
+void flash_backward(const T* gout, const T* q, const T* k, const T* v, const T* out, const T* lse, T* dq, T* dk, T* dv,
+                    T* dq_part, int64_t chunks, int64_t B, int64_t Ck, int64_t Cv, int64_t N, int64_t M, T scale,
+                    int64_t TK, const at::TensorOptions& opts) {
+  const int64_t TQ = std::min(query_tile(Ck, Cv), N);
+  const int64_t k_tiles = (M + TK - 1) / TK;
+  // Dr[b][i] = Σ_c gout[b][c][i] · out[b][c][i]
+  auto Dt = at::zeros({B, N}, opts);
+  T* Dr = Dt.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      T* d = Dr + b * N;
+      for (int64_t c = 0; c < Cv; ++c) {
+        const T* g = gout + (b * Cv + c) * N;
+        const T* o = out + (b * Cv + c) * N;
+        for (int64_t i = 0; i < N; ++i) d[i] += g[i] * o[i];
+      }
+    }
+  });
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = at::empty({2 * TQ * TK}, opts);
+    T* p = scratch.data_ptr<T>();
+    T* ds = p + TQ * TK;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, chunk = task % chunks;
+      const int64_t jt_begin = chunk * k_tiles / chunks, jt_end = (chunk + 1) * k_tiles / chunks;
+      const T* qb = q + b * Ck * N;
+      const T* kb = k + b * Ck * M;
+      const T* vb = v + b * Cv * M;
+      const T* gb = gout + b * Cv * N;
+      const T* lb = lse + b * N;
+      const T* db = Dr + b * N;
+      T* dqb = dq_part != nullptr ? dq_part + task * Ck * N : dq + b * Ck * N;
+      T* dkb = dk + b * Ck * M;
+      T* dvb = dv + b * Cv * M;
+      for (int64_t jt = jt_begin; jt < jt_end; ++jt) {
+        const int64_t j0 = jt * TK, t = std::min(TK, M - j0);
+        for (int64_t i0 = 0; i0 < N; i0 += TQ) {
+          const int64_t nq = std::min(TQ, N - i0);
+          gemm<T>('N', 'T', t, nq, Ck, scale, kb + j0, M, qb + i0, N, T(0), p, TK);  // scaled scores
+          gemm<T>('N', 'T', t, nq, Cv, T(1), vb + j0, M, gb + i0, N, T(0), ds, TK);  // dp = gout·v
+          for (int64_t ii = 0; ii < nq; ++ii) {
+            T* prow = p + ii * TK;
+            T* drow = ds + ii * TK;
+            attnbench_vec::exp_affine(prow, t, T(1), lb[i0 + ii]);  // p = exp(s − lse)
+            const T Di = db[i0 + ii];
+            for (int64_t jj = 0; jj < t; ++jj) drow[jj] = scale * prow[jj] * (drow[jj] - Di);
+          }
+          // dv[c][j] += Σ_i p[i][j] gout[c][i];  dk[c][j] += Σ_i ds[i][j] q[c][i];  dq[c][i] += Σ_j ds[i][j] k[c][j]
+          gemm<T>('N', 'N', t, Cv, nq, T(1), p, TK, gb + i0, N, T(1), dvb + j0, M);
+          gemm<T>('N', 'N', t, Ck, nq, T(1), ds, TK, qb + i0, N, T(1), dkb + j0, M);
+          gemm<T>('T', 'N', nq, Ck, t, T(1), ds, TK, kb + j0, M, T(1), dqb + i0, N);
+        }
+      }
+    }
+  });
+}
+
+// Number of key-tile chunks per batch in the backward: enough tasks for the
+// threads (fixed for a fixed thread count), 1 on one thread.
+inline int64_t backward_chunks(int64_t B, int64_t k_tiles) {
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || B >= threads) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(k_tiles, (threads + B - 1) / B));
+}
+
+inline std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, double scale, int64_t block) {
+  const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2), Cv = v.size(1);
+  auto out = at::empty({B, Cv, N}, q.options());
+  auto lse = at::empty({B, N}, q.options());
+  if (B == 0 || N == 0) return {out, lse};
+  const int64_t TK = tile_size(block, M);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_tiles forward (cpu)", [&] {
+    flash_forward<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                            out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), B, Ck, Cv, N, M,
+                            static_cast<scalar_t>(scale), TK, q.options());
+  });
+  return {out, lse};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tensor& gout, const at::Tensor& q,
+                                                                         const at::Tensor& k, const at::Tensor& v,
+                                                                         const at::Tensor& out, const at::Tensor& lse,
+                                                                         double scale, int64_t block) {
+  const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2), Cv = v.size(1);
+  auto dq = at::zeros_like(q);
+  auto dk = at::zeros_like(k);
+  auto dv = at::zeros_like(v);
+  if (B == 0 || N == 0) return {dq, dk, dv};
+  const int64_t TK = tile_size(block, M);
+  const int64_t chunks = backward_chunks(B, (M + TK - 1) / TK);
+  at::Tensor dq_part;
+  if (chunks > 1) dq_part = at::zeros({B, chunks, Ck, N}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_tiles backward (cpu)", [&] {
+    flash_backward<scalar_t>(gout.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
+                             k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                             out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                             dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
+                             dv.mutable_data_ptr<scalar_t>(),
+                             chunks > 1 ? dq_part.mutable_data_ptr<scalar_t>() : nullptr, chunks, B, Ck, Cv, N, M,
+                             static_cast<scalar_t>(scale), TK, q.options());
+  });
+  if (chunks > 1) {  // fixed order: chunk 0, 1, ...
+    for (int64_t c = 0; c < chunks; ++c) dq.add_(dq_part.select(1, c));
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace cpu
+#endif  // !defined(__CUDACC__)
+
 // q: [B, Ck, N], k: [B, Ck, M], v: [B, Cv, M] (contiguous, compute dtype).
 // Returns out [B, Cv, N] and lse [B, N] (compute dtype).
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& v, double scale, int64_t block) {
+#if !defined(__CUDACC__)
+  if constexpr (std::is_same<Rows, CpuRows>::value) return cpu::attention_forward(q, k, v, scale, block);
+#endif
   const int64_t B = q.size(0), N = q.size(2), M = k.size(2), Cv = v.size(1);
   auto out = at::empty({B, Cv, N}, q.options());
   auto lse = at::empty({B, N}, q.options());
@@ -101,6 +364,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_backward(const 
                                                                           const at::Tensor& k, const at::Tensor& v,
                                                                           const at::Tensor& out, const at::Tensor& lse,
                                                                           double scale, int64_t block) {
+#if !defined(__CUDACC__)
+  if constexpr (std::is_same<Rows, CpuRows>::value) return cpu::attention_backward(gout, q, k, v, out, lse, scale, block);
+#endif
   const int64_t B = q.size(0), N = q.size(2), M = k.size(2);
   auto dq = at::empty_like(q);
   auto dk = at::empty_like(k);

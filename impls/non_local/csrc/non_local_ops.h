@@ -56,6 +56,9 @@ inline at::Tensor flat(const at::Tensor& t) {
 template <class ConcatRows>
 at::Tensor concat_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
                           int64_t block) {
+#if !defined(__CUDACC__)
+  if constexpr (ConcatRows::kSweep) return ConcatRows::sweep_forward(q, k, v, w);  // CPU: non_local.cpp
+#endif
   const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2), Cv = v.size(1);
   const auto a = at::matmul(w.narrow(0, 0, Ck), q).contiguous();   // [B, N]
   const auto bk = at::matmul(w.narrow(0, Ck, Ck), k).contiguous();  // [B, M]
@@ -78,6 +81,9 @@ template <class ConcatRows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> concat_backward(const at::Tensor& gout, const at::Tensor& q,
                                                                            const at::Tensor& k, const at::Tensor& v,
                                                                            const at::Tensor& w, int64_t block) {
+#if !defined(__CUDACC__)
+  if constexpr (ConcatRows::kSweep) return ConcatRows::sweep_backward(gout, q, k, v, w);  // CPU: non_local.cpp
+#endif
   const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2);
   const auto w1 = w.narrow(0, 0, Ck), w2 = w.narrow(0, Ck, Ck);
   const auto a = at::matmul(w1, q).contiguous();   // [B, N]
