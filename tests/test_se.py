@@ -222,3 +222,26 @@ def test_report_section_compares_ext_with_vectorized(tmp_path: Path) -> None:
     # no rows of this mechanism: no section
     (tmp_path / "perf.csv").write_text(header + body.replace("se,", "ccnet,"))
     assert section(tmp_path, env) == []
+
+
+@needs_ext
+@pytest.mark.parametrize(("B", "C", "Cr", "H", "W"), [(1, 64, 4, 112, 112), (8, 2048, 512, 7, 7)])
+def test_ext_long_reductions_stay_within_rule_k_in_float32(B: int, C: int, Cr: int, H: int, W: int) -> None:
+    """The pooling sum (12544 terms) and the MLP sums (2048 terms) accumulate in double
+    on the CPU: in float they drifted 3-12x past the vectorized impl's error."""
+    case = case_of(B, C, Cr, H, W)
+    inputs = make_inputs(case)
+    gout = case.randn("gout", B, C, H, W)
+
+    def grads(impl: str, dtype: torch.dtype) -> list[torch.Tensor]:
+        t = inputs.to(dtype, "cpu")
+        out = t.call(REGISTRY.impls["se"][impl].fn)
+        wrt = [t.tensors[n] for n in t.differentiable]
+        return [out.detach().double(), *(g.double() for g in torch.autograd.grad(out, wrt, gout.to(dtype)))]
+
+    ref = grads("vectorized", torch.float64)
+    ext_err = [float((a - r).abs().max()) for a, r in zip(grads("ext", torch.float32), ref, strict=True)]
+    vec_err = [float((a - r).abs().max()) for a, r in zip(grads("vectorized", torch.float32), ref, strict=True)]
+    eps = 2.0**-23
+    for e, v, r in zip(ext_err, vec_err, ref, strict=True):
+        assert e <= 2 * v + 2 * eps * float(r.abs().max()), (ext_err, vec_err)

@@ -131,7 +131,8 @@ def plot(out: Path, records: list[dict[str, Any]]) -> list[Path]:
             ax.set_xlabel(f"{axis.axis or axis_name} (log)")
             ax.set_ylabel(ylabel + " (log)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         theory = recs[0]["fits"]["theory"]
         ax_t.set_title(
             f"{mech} {axis_name}: time ({dtype}, {pass_}); dashed = cost model"

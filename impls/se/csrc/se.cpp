@@ -65,10 +65,12 @@ struct Forward {
   void pool(int64_t p0, int64_t p1) const {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* xp = x + p * HW;
-      acc_t sum = 0;
+      // double: a plane of 112x112 summed in float drifted 3-12x past the vectorized
+      // impl's error (torch's cascade sum); the sweep is memory-bound, so it costs nothing
+      double sum = 0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < HW; ++i) sum += acc_t(xp[i]);
-      z[p] = sum / acc_t(HW);
+      for (int64_t i = 0; i < HW; ++i) sum += double(xp[i]);
+      z[p] = acc_t(sum / double(HW));
     }
   }
   void mlp(int64_t b) const {
@@ -106,10 +108,10 @@ struct Backward {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* gp = g + p * HW;
       const scalar_t* xp = x + p * HW;
-      acc_t ds = 0;
+      double ds = 0;  // double for the same reason as the pooling sum
 #pragma omp simd reduction(+ : ds)
-      for (int64_t i = 0; i < HW; ++i) ds += acc_t(gp[i]) * acc_t(xp[i]);
-      dp2[p] = gate_pre_grad(ds, s[p]);
+      for (int64_t i = 0; i < HW; ++i) ds += double(gp[i]) * double(xp[i]);
+      dp2[p] = gate_pre_grad(acc_t(ds), s[p]);
     }
   }
   void mlp(int64_t b) const {
@@ -233,14 +235,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     scalar_t* DB2 = db2.data_ptr<scalar_t>();
     at::parallel_for(0, C, std::max<int64_t>(16, 32768 / std::max<int64_t>(B * Cr, 1)), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        acc_t bias = 0;
+        double bias = 0;  // double sums, as in se.h
         for (int64_t b = 0; b < B; ++b) bias += P2[b * C + c];
         DB2[c] = scalar_t(bias);
         for (int64_t r = 0; r < Cr; ++r) {
-          acc_t w2g = 0, w1g = 0;
+          double w2g = 0, w1g = 0;
           for (int64_t b = 0; b < B; ++b) {
-            w2g += P2[b * C + c] * U[b * Cr + r];
-            w1g += P1[b * Cr + r] * Z[b * C + c];
+            w2g += double(P2[b * C + c]) * double(U[b * Cr + r]);
+            w1g += double(P1[b * Cr + r]) * double(Z[b * C + c]);
           }
           DW2[c * Cr + r] = scalar_t(w2g);
           DW1[r * C + c] = scalar_t(w1g);
@@ -248,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
       }
     });
     for (int64_t r = 0; r < Cr; ++r) {
-      acc_t bias = 0;
+      double bias = 0;
       for (int64_t b = 0; b < B; ++b) bias += P1[b * Cr + r];
       DB1[r] = scalar_t(bias);
     }
