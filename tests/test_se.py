@@ -245,3 +245,19 @@ def test_ext_long_reductions_stay_within_rule_k_in_float32(B: int, C: int, Cr: i
     eps = 2.0**-23
     for e, v, r in zip(ext_err, vec_err, ref, strict=True):
         assert e <= 2 * v + 2 * eps * float(r.abs().max()), (ext_err, vec_err)
+
+
+@needs_ext
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("C", "Cr"), [(64, 63), (128, 64)])  # C·Cr below and above the GEMM threshold
+def test_ext_forward_mlp_paths_agree_with_vectorized(C: int, Cr: int, bias: bool) -> None:
+    case = case_of(3, C, Cr, 5, 4, bias=bias)
+    t = make_inputs(case).to(torch.float64, "cpu")
+    gout = case.randn("gout", 3, C, 5, 4)
+    results = []
+    for impl in ("ext", "vectorized"):
+        out = t.call(REGISTRY.impls["se"][impl].fn)
+        wrt = [t.tensors[n] for n in t.differentiable]
+        results.append([out, *torch.autograd.grad(out, wrt, gout)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -51,6 +51,9 @@ template <typename scalar_t, typename acc_t>
 HOST_DEVICE inline acc_t hidden_unit(const scalar_t* w1_row, const scalar_t* b1, const acc_t* z, int64_t C,
                                      int64_t r) {
   sum_t<acc_t> pre = b1 ? sum_t<acc_t>(b1[r]) : sum_t<acc_t>(0);
+#if !defined(__CUDA_ARCH__)
+#pragma omp simd reduction(+ : pre)
+#endif
   for (int64_t c = 0; c < C; ++c) pre += sum_t<acc_t>(w1_row[c]) * sum_t<acc_t>(z[c]);
   return pre > sum_t<acc_t>(0) ? acc_t(pre) : acc_t(0);
 }
@@ -59,6 +62,9 @@ HOST_DEVICE inline acc_t hidden_unit(const scalar_t* w1_row, const scalar_t* b1,
 template <typename scalar_t, typename acc_t>
 HOST_DEVICE inline acc_t gate(const scalar_t* w2_row, const scalar_t* b2, const acc_t* u, int64_t Cr, int64_t c) {
   sum_t<acc_t> pre = b2 ? sum_t<acc_t>(b2[c]) : sum_t<acc_t>(0);
+#if !defined(__CUDA_ARCH__)
+#pragma omp simd reduction(+ : pre)
+#endif
   for (int64_t r = 0; r < Cr; ++r) pre += sum_t<acc_t>(w2_row[r]) * sum_t<acc_t>(u[r]);
   return sigmoid(acc_t(pre));
 }
@@ -76,6 +82,9 @@ HOST_DEVICE inline acc_t hidden_pre_grad(const scalar_t* w2, const acc_t* dp2, a
                                          int64_t r) {
   if (!(u_r > acc_t(0))) return acc_t(0);
   sum_t<acc_t> du = 0;
+#if !defined(__CUDA_ARCH__)
+#pragma omp simd reduction(+ : du)
+#endif
   for (int64_t c = 0; c < C; ++c) du += sum_t<acc_t>(w2[c * Cr + r]) * sum_t<acc_t>(dp2[c]);
   return acc_t(du);
 }
@@ -84,6 +93,9 @@ HOST_DEVICE inline acc_t hidden_pre_grad(const scalar_t* w2, const acc_t* dp2, a
 template <typename scalar_t, typename acc_t>
 HOST_DEVICE inline acc_t pooled_grad(const scalar_t* w1, const acc_t* dp1, int64_t C, int64_t Cr, int64_t c) {
   sum_t<acc_t> dz = 0;
+#if !defined(__CUDA_ARCH__)
+#pragma omp simd reduction(+ : dz)
+#endif
   for (int64_t r = 0; r < Cr; ++r) dz += sum_t<acc_t>(w1[r * C + c]) * sum_t<acc_t>(dp1[r]);
   return acc_t(dz);
 }
