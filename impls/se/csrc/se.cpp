@@ -1,7 +1,8 @@
 // Squeeze-and-Excitation: op schemas and CPU kernels (two sweeps over x per pass).
 //
 // Forward: pool every (b, c) plane, run the tiny MLP per b, scale every plane
-// (a wide MLP, C·Cr ≥ 4096, runs as two GEMMs over the batch between the sweeps).
+// (a wide MLP, C·Cr ≥ 4096, runs as GEMMs over the batch between the sweeps, in
+// both passes).
 // Backward: ds = Σ g·x per plane, the MLP transposes per b, dx = g·s + dz/HW per
 // plane, then the weight gradients summed over b. When a batch element's planes
 // fit in L2 and there is a batch element per thread, each thread does all three
@@ -244,6 +245,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
                          s.data_ptr<acc_t>(),     dx.data_ptr<scalar_t>(), dp2.data_ptr<acc_t>(),
                          dp1.data_ptr<acc_t>(),   dz.data_ptr<acc_t>(),  C,
                          Cr,                      HW};
+    if (C * Cr >= kBlasMlpMacs) {  // the wide-MLP path of the forward, transposed
+      const int64_t grain = plane_grain(HW);
+      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); });
+      at::mm_out(dp1, dp2, w2);  // dp1 = (dp2 · w2) ⊙ [u > 0]
+      dp1.mul_(u.gt(0));
+      at::mm_out(dz, dp1, w1);
+      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
+      at::mm_out(dw2, dp2.t(), u);
+      at::mm_out(dw1, dp1.t(), z);
+      at::sum_out(db2, dp2, 0);
+      at::sum_out(db1, dp1, 0);
+      return;
+    }
     two_sweeps(
         B, C, HW, 2 * HW * int64_t(sizeof(scalar_t)), [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); },
         [&](int64_t b) { k.mlp(b); }, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
