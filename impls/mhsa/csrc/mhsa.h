@@ -16,11 +16,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define HOST_DEVICE __host__ __device__
-#else
-#define HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace attnbench_mhsa {
 
