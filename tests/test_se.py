@@ -249,11 +249,18 @@ def test_ext_long_reductions_stay_within_rule_k_in_float32(B: int, C: int, Cr: i
 
 @needs_ext
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize(("C", "Cr"), [(64, 63), (128, 64)])  # C·Cr below and above the GEMM threshold
-def test_ext_forward_mlp_paths_agree_with_vectorized(C: int, Cr: int, bias: bool) -> None:
-    case = case_of(3, C, Cr, 5, 4, bias=bias)
+@pytest.mark.parametrize(
+    ("C", "Cr", "H", "W"),
+    [
+        (64, 63, 5, 4),  # C·Cr below the GEMM threshold
+        (128, 64, 5, 4),  # above it: one GEMM over the batch
+        (128, 32, 32, 32),  # above it on planes large enough for batch groups (1 MiB each in float64)
+    ],
+)
+def test_ext_forward_mlp_paths_agree_with_vectorized(C: int, Cr: int, H: int, W: int, bias: bool) -> None:
+    case = case_of(3, C, Cr, H, W, bias=bias)
     t = make_inputs(case).to(torch.float64, "cpu")
-    gout = case.randn("gout", 3, C, 5, 4)
+    gout = case.randn("gout", 3, C, H, W)
     results = []
     for impl in ("ext", "vectorized"):
         out = t.call(REGISTRY.impls["se"][impl].fn)
@@ -261,3 +268,19 @@ def test_ext_forward_mlp_paths_agree_with_vectorized(C: int, Cr: int, bias: bool
         results.append([out, *torch.autograd.grad(out, wrt, gout)])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@needs_ext
+def test_ext_records_autograd_only_when_an_input_needs_grad() -> None:
+    """build.call_op dispatches below Autograd when nothing needs grad; with grad the rule runs."""
+    case = case_of(2, 8, 2, 3, 3)
+    t = make_inputs(case).to(torch.float64, "cpu")
+    fn = REGISTRY.impls["se"]["ext"].fn
+    with torch.no_grad():
+        plain = t.call(fn)
+    assert plain.grad_fn is None and not plain.requires_grad
+    out = t.call(fn)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), plain, rtol=0, atol=0)
+    (dx,) = torch.autograd.grad(out, [t.tensors["x"]], torch.ones_like(out))
+    assert dx.shape == out.shape

@@ -1,23 +1,29 @@
 // Squeeze-and-Excitation: op schemas and CPU kernels (two sweeps over x per pass).
 //
-// Forward: pool every (b, c) plane, run the tiny MLP per b, scale every plane
-// (a wide MLP, C·Cr ≥ 4096, runs as GEMMs over the batch between the sweeps, in
-// both passes).
+// Forward: pool every (b, c) plane, run the tiny MLP per b, scale every plane.
 // Backward: ds = Σ g·x per plane, the MLP transposes per b, dx = g·s + dz/HW per
-// plane, then the weight gradients summed over b. When a batch element's planes
-// fit in L2 and there is a batch element per thread, each thread does all three
-// phases for its batch elements, so the second sweep reads x (or g) from cache.
+// plane, then the weight gradients summed over b. `two_sweeps` orders the work so
+// the second sweep re-reads x (or g) from cache: per batch element and thread when
+// its planes fit in L2, else per group of batch elements that fits in a quarter of
+// L3. A wide MLP (C·Cr ≥ 4096) runs as GEMMs over a group's rows. Plane sums are
+// blocked float lanes added in double (impls/_common/csrc/wide_sum.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "se.h"
+#include "wide_sum.h"
+#include "wide_sum.h"
 
 namespace attnbench_se {
 namespace {
 
-constexpr int64_t kL2Bytes = int64_t(1) << 19;  // per-thread working set for the fused path
-constexpr int64_t kBlasMlpMacs = 4096;          // C·Cr from which the forward MLP runs as GEMMs
+constexpr int64_t kL2Bytes = int64_t(1) << 19;     // per-thread working set for the fused path
+// First-sweep bytes per batch group: small enough that the second sweep still finds
+// them in cache (L2 + this VM's share of L3). At B=8, C=256, 56x56, groups of 8 MiB
+// ran at 0.97x vectorized, of 2 MiB at 1.14x.
+constexpr int64_t kGroupBytes = int64_t(2) << 20;
+constexpr int64_t kBlasMlpMacs = 4096;             // C·Cr from which the MLP runs as GEMMs
 
 int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(hw, 1)); }
 
@@ -70,10 +76,7 @@ struct Forward {
       const scalar_t* xp = x + p * HW;
       // double: a plane of 112x112 summed in float drifted 3-12x past the vectorized
       // impl's error (torch's cascade sum); the sweep is memory-bound, so it costs nothing
-      double sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < HW; ++i) sum += double(xp[i]);
-      z[p] = acc_t(sum / double(HW));
+      z[p] = acc_t(attnbench_common::wide_sum(xp, HW) / double(HW));
     }
   }
   void mlp(int64_t b) const {
@@ -111,10 +114,8 @@ struct Backward {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* gp = g + p * HW;
       const scalar_t* xp = x + p * HW;
-      double ds = 0;  // double for the same reason as the pooling sum
-#pragma omp simd reduction(+ : ds)
-      for (int64_t i = 0; i < HW; ++i) ds += double(gp[i]) * double(xp[i]);
-      dp2[p] = gate_pre_grad(acc_t(ds), s[p]);
+      // double for the same reason as the pooling sum
+      dp2[p] = gate_pre_grad(acc_t(attnbench_common::wide_dot(gp, xp, HW)), s[p]);
     }
   }
   void mlp(int64_t b) const {
@@ -133,12 +134,21 @@ struct Backward {
   }
 };
 
-// Runs phase A over planes, the per-b step, phase B over planes: fused per batch
-// element (cache-resident second sweep) or as three parallel sweeps.
-template <typename A, typename M, typename Bf>
-void two_sweeps(int64_t B, int64_t C, int64_t HW, int64_t plane_bytes, const A& sweep_a, const M& per_b,
-                const Bf& sweep_b) {
-  const bool fused = B >= at::get_num_threads() && C * plane_bytes <= kL2Bytes;
+// Runs phase A over planes, the MLP step, phase B over planes (the second sweep
+// re-reads what the first read).
+//  - fused: one batch element per thread at a time when its planes fit in L2 (the
+//    second sweep reads from L2); not for a wide MLP on small planes, where the
+//    per-element dot products would cost more than the sweeps (16·Cr > HW).
+//  - otherwise in groups of batch elements whose first-sweep bytes fit in
+//    kGroupBytes, each group as three steps: A over its planes in parallel, the MLP for its
+//    rows (`mlp_rows(b0, b1)`: GEMMs or per-element), B over its planes. Whole-tensor
+//    sweeps re-read x from DRAM once it outgrows L3 (0.92x vectorized at B=8, C=256,
+//    56x56); per group the second sweep hits L3.
+template <typename A, typename M, typename R, typename Bf>
+void two_sweeps(int64_t B, int64_t C, int64_t HW, int64_t Cr, int64_t plane_bytes, bool wide, const A& sweep_a,
+                const M& per_b, const R& mlp_rows, const Bf& sweep_b) {
+  const bool fused =
+      B >= at::get_num_threads() && C * plane_bytes <= kL2Bytes && (!wide || 16 * Cr <= HW);
   if (fused) {
     // grain: small problems run inline (waking the thread pool costs more than they do)
     at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C * HW, 1)), [&](int64_t b0, int64_t b1) {
@@ -151,11 +161,25 @@ void two_sweeps(int64_t B, int64_t C, int64_t HW, int64_t plane_bytes, const A& 
     return;
   }
   const int64_t grain = plane_grain(HW);
-  at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { sweep_a(p0, p1); });
-  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C * HW, 1)), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) per_b(b);
+  // A wide MLP on small planes costs more than the sweeps: one GEMM over the whole
+  // batch (small-row GEMMs also summed C = 2048 terms less accurately, 3x vectorized).
+  const int64_t group = wide && 16 * Cr > HW
+                            ? B
+                            : std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(C * plane_bytes, 1), 1, B);
+  for (int64_t g0 = 0; g0 < B; g0 += group) {
+    const int64_t g1 = std::min(B, g0 + group);
+    at::parallel_for(g0 * C, g1 * C, grain, [&](int64_t p0, int64_t p1) { sweep_a(p0, p1); });
+    mlp_rows(g0, g1);
+    at::parallel_for(g0 * C, g1 * C, grain, [&](int64_t p0, int64_t p1) { sweep_b(p0, p1); });
+  }
+}
+
+// The MLP step for batch rows [b0, b1): per-element dot products, in parallel.
+template <typename M>
+void per_b_rows(int64_t b0, int64_t b1, int64_t C, int64_t HW, const M& per_b) {
+  at::parallel_for(b0, b1, std::max<int64_t>(1, 32768 / std::max<int64_t>(C * HW, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t b = r0; b < r1; ++b) per_b(b);
   });
-  at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { sweep_b(p0, p1); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(const at::Tensor& x_, const at::Tensor& w1_,
@@ -186,30 +210,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(const 
                         C,
                         Cr,
                         HW};
-    if (C * Cr >= kBlasMlpMacs) {
-      // A wide MLP (C·Cr MACs per batch element) costs more than the sweeps when done as
-      // per-element dot products (0.4x vectorized at B=32, C=256, Cr=64, 7x7): pool every
-      // plane, run both layers for the whole batch as BLAS GEMMs, then scale.
-      const int64_t grain = plane_grain(HW);
-      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { f.pool(p0, p1); });
+    // A wide MLP (C·Cr ≥ kBlasMlpMacs MACs per batch element) runs as GEMMs over a
+    // group's rows: as per-element dot products it cost more than the sweeps (0.4x
+    // vectorized at B=32, C=256, Cr=64, 7x7).
+    const bool wide = C * Cr >= kBlasMlpMacs;
+    const auto mlp_rows = [&](int64_t r0, int64_t r1) {
+      if (!wide) return per_b_rows(r0, r1, C, HW, [&](int64_t b) { f.mlp(b); });
+      auto zr = z.narrow(0, r0, r1 - r0), ur = u.narrow(0, r0, r1 - r0), sr = s.narrow(0, r0, r1 - r0);
       if (b1.defined()) {
-        at::addmm_out(u, b1, z, w1.t());
+        at::addmm_out(ur, b1, zr, w1.t());
       } else {
-        at::mm_out(u, z, w1.t());
+        at::mm_out(ur, zr, w1.t());
       }
-      u.relu_();
+      ur.relu_();
       if (b2.defined()) {
-        at::addmm_out(s, b2, u, w2.t());
+        at::addmm_out(sr, b2, ur, w2.t());
       } else {
-        at::mm_out(s, u, w2.t());
+        at::mm_out(sr, ur, w2.t());
       }
-      s.sigmoid_();
-      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { f.scale(p0, p1); });
-      return;
-    }
+      sr.sigmoid_();
+    };
     two_sweeps(
-        B, C, HW, HW * int64_t(sizeof(scalar_t)), [&](int64_t p0, int64_t p1) { f.pool(p0, p1); },
-        [&](int64_t b) { f.mlp(b); }, [&](int64_t p0, int64_t p1) { f.scale(p0, p1); });
+        B, C, HW, Cr, HW * int64_t(sizeof(scalar_t)), wide, [&](int64_t p0, int64_t p1) { f.pool(p0, p1); },
+        [&](int64_t b) { f.mlp(b); }, mlp_rows, [&](int64_t p0, int64_t p1) { f.scale(p0, p1); });
   });
   return {out, z, u, s};
 }
@@ -245,22 +268,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
                          s.data_ptr<acc_t>(),     dx.data_ptr<scalar_t>(), dp2.data_ptr<acc_t>(),
                          dp1.data_ptr<acc_t>(),   dz.data_ptr<acc_t>(),  C,
                          Cr,                      HW};
-    if (C * Cr >= kBlasMlpMacs) {  // the wide-MLP path of the forward, transposed
-      const int64_t grain = plane_grain(HW);
-      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); });
-      at::mm_out(dp1, dp2, w2);  // dp1 = (dp2 · w2) ⊙ [u > 0]
-      dp1.mul_(u.gt(0));
-      at::mm_out(dz, dp1, w1);
-      at::parallel_for(0, B * C, grain, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
+    const bool wide = C * Cr >= kBlasMlpMacs;  // the forward's GEMM rows, transposed
+    const auto mlp_rows = [&](int64_t r0, int64_t r1) {
+      if (!wide) return per_b_rows(r0, r1, C, HW, [&](int64_t b) { k.mlp(b); });
+      auto p2 = dp2.narrow(0, r0, r1 - r0), p1 = dp1.narrow(0, r0, r1 - r0), zr = dz.narrow(0, r0, r1 - r0);
+      at::mm_out(p1, p2, w2);  // dp1 = (dp2 · w2) ⊙ [u > 0]
+      p1.mul_(u.narrow(0, r0, r1 - r0).gt(0));
+      at::mm_out(zr, p1, w1);
+    };
+    two_sweeps(
+        B, C, HW, Cr, 2 * HW * int64_t(sizeof(scalar_t)), wide, [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); },
+        [&](int64_t b) { k.mlp(b); }, mlp_rows, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
+    if (wide) {
       at::mm_out(dw2, dp2.t(), u);
       at::mm_out(dw1, dp1.t(), z);
       at::sum_out(db2, dp2, 0);
       at::sum_out(db1, dp1, 0);
       return;
     }
-    two_sweeps(
-        B, C, HW, 2 * HW * int64_t(sizeof(scalar_t)), [&](int64_t p0, int64_t p1) { k.gate_grad(p0, p1); },
-        [&](int64_t b) { k.mlp(b); }, [&](int64_t p0, int64_t p1) { k.input_grads(p0, p1); });
     // weight gradients: sums over the batch of outer products (B·C·Cr, small)
     const acc_t* P2 = dp2.data_ptr<acc_t>();
     const acc_t* P1 = dp1.data_ptr<acc_t>();
