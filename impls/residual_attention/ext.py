@@ -52,7 +52,8 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
 
 def _backward(ctx: Any, grad_out: torch.Tensor, _grad_stats: Any) -> tuple[torch.Tensor | None, ...]:
     trunk, mask_logits, stats = ctx.saved_tensors
-    dt, dm = torch.ops.attnbench_residual_attention.ran_backward(grad_out, trunk, mask_logits, stats, ctx.kind)
+    op = torch.ops.attnbench_residual_attention.ran_backward.default
+    dt, dm = build.call_op(op, grad_out, trunk, mask_logits, stats, ctx.kind)
     return dt, dm, None
 
 
@@ -110,5 +111,7 @@ def ran_ext(trunk: torch.Tensor, mask_logits: torch.Tensor, kind: str = "mixed")
     """trunk, mask_logits: [B, C, H, W] -> (1 + f(mask_logits)) ⊙ trunk, [B, C, H, W]."""
     check_kind(kind)
     ensure_loaded()
-    out, _ = torch.ops.attnbench_residual_attention.ran_forward(trunk, mask_logits, KIND_CODE[kind])
+    out, _ = build.call_op(
+        torch.ops.attnbench_residual_attention.ran_forward.default, trunk, mask_logits, KIND_CODE[kind]
+    )
     return out  # type: ignore[no-any-return]

@@ -72,7 +72,8 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
 
 def _backward(ctx: Any, grad_out: torch.Tensor, *_aux: Any) -> tuple[torch.Tensor | None, ...]:
     x, w1, w2, z, u, s = ctx.saved_tensors
-    dx, dw1, db1, dw2, db2 = torch.ops.attnbench_se.se_backward(grad_out, x, w1, w2, z, u, s)
+    op = torch.ops.attnbench_se.se_backward.default
+    dx, dw1, db1, dw2, db2 = build.call_op(op, grad_out, x, w1, w2, z, u, s)
     return dx, dw1, db1 if ctx.has_b1 else None, dw2, db2 if ctx.has_b2 else None
 
 
@@ -136,5 +137,7 @@ def se_ext(
     """x: [B, C, H, W]; w1: [Cr, C]; b1: [Cr] | None; w2: [C, Cr]; b2: [C] | None -> [B, C, H, W]."""
     check_hidden(x.shape[1], w1.shape[0])
     ensure_loaded()
-    out, _, _, _ = torch.ops.attnbench_se.se_forward(x, w1, bias_or_none(b1), w2, bias_or_none(b2))
+    out, _, _, _ = build.call_op(
+        torch.ops.attnbench_se.se_forward.default, x, w1, bias_or_none(b1), w2, bias_or_none(b2)
+    )
     return out  # type: ignore[no-any-return]
