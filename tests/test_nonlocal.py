@@ -239,3 +239,36 @@ def test_ext_backward_is_deterministic_with_threads(mode: str) -> None:
         assert torch.equal(g, g2)
         torch.testing.assert_close(g.double(), g_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+# -- report section ---------------------------------------------------------------------
+
+
+def test_report_section_names_why_the_ext_is_slower(tmp_path: Path) -> None:
+    from impls.non_local.report import section
+
+    big = "B=2,Ck=256,Cv=256,H=28,Hk=28,W=28,Wk=28,mode={},scaled=false"
+    tiny = "B=1,Ck=1,Cv=1,H=1,Hk=1,W=1,Wk=1,mode=embedded_gaussian,scaled=false"
+    rows = [  # (case, pass, vectorized s, ext s, flops)
+        (big.format("embedded_gaussian"), "fwd+bwd", 0.0758, 0.0843, 1.2e9),  # slower: recompute
+        (big.format("embedded_gaussian"), "fwd", 0.0258, 0.0234, 4e8),  # faster: no line
+        (big.format("dot"), "fwd", 0.0223, 0.0250, 4e8),  # slower: not the recompute reason
+        (tiny, "fwd+bwd", 0.00044, 0.00046, 8.0),  # overhead, though above SMALL_S
+    ]
+    header = "mechanism,impl,kind,case,dtype,device,pass,median_s,iqr_s,peak_bytes,flops\n"
+    body = "".join(
+        f'nonlocal,{impl},{impl},"nonlocal/non_local/{case}",float32,cpu,{p},{t},0.0,1000,{fl}\n'
+        for case, p, vec_s, ext_s, fl in rows
+        for impl, t in (("vectorized", vec_s), ("ext", ext_s))
+    )
+    (tmp_path / "perf.csv").write_text(header + body)
+    text = "\n".join(section(tmp_path, {}))
+    misses = [line for line in text.splitlines() if line.startswith("- `nonlocal`")]
+    assert len(misses) == 3, misses
+    recompute, dot, overhead = (
+        next(m for m in misses if key in m) for key in ("Wk=28,mode=embedded_gaussian", "mode=dot", "Ck=1,")
+    )
+    assert "recomputes the scores" in recompute and "Ck=256" in recompute
+    assert "O((N+M)·C)" in dot and "recomputes" not in dot
+    assert "per-call overhead" in overhead
+    assert "1.10×" in text  # the faster forward's speed-up (0.0258 / 0.0234) is in the table
