@@ -278,6 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     env["command"] = "attnbench " + " ".join(sys.argv[1:] if argv_is_cli() else [])
     env["user_impls"] = REGISTRY.user_files
     env["copy_bandwidth_bytes_per_s"] = {d: copy_bandwidth(device=d) for d in _devices_run(profile, options)}
+    env["fresh_copy_bandwidth_bytes_per_s"] = {
+        d: copy_bandwidth(device=d, fresh=True) for d in _devices_run(profile, options)
+    }
     env["fingerprint"] = fingerprint_id(env)
     (out / "env.json").write_text(json.dumps(env, indent=2))
 

@@ -18,6 +18,7 @@ import argparse
 import csv
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def main() -> int:
     parser.add_argument("--passes", default="fwd,fwd+bwd")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--match", default="", help="only cases whose id contains this text")
+    parser.add_argument("--min-runs", type=int, help="override the profile's min_runs (pairs per case and pass)")
     parser.add_argument("--csv", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -52,6 +54,7 @@ def main() -> int:
     REGISTRY.discover()
     suite = load_suite(args.suite)
     profile = suite.profile(args.profile)
+    timing = profile.timing if args.min_runs is None else replace(profile.timing, min_runs=args.min_runs)
     passes = [p for p in args.passes.split(",") if p]
     rows: list[dict[str, object]] = []
     print(f"suite {suite.name}, profile {profile.name}, {args.dtype}, {args.threads} thread(s)", end="")
@@ -69,7 +72,7 @@ def main() -> int:
         inputs = case_inputs(case).to(DTYPES[args.dtype], "cpu")
         for pass_ in passes:
             fa, fb = (_pass_callable(pass_, core_function(impl, case), inputs, case, impl.name) for impl in (a, b))
-            ta, tb = time_interleaved((fa, fb), profile.timing)
+            ta, tb = time_interleaved((fa, fb), timing)
             ma, mb = statistics.median(ta.samples), statistics.median(tb.samples)
             rows.append(
                 {"case": case.shape_id, "pass": pass_, "a_s": ma, "b_s": mb, "ratio": ma / mb, "runs": len(ta.samples)}

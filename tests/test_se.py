@@ -219,6 +219,12 @@ def test_report_section_compares_ext_with_vectorized(tmp_path: Path) -> None:
     assert "## SE: compiled vs vectorized, bandwidth" in text
     assert "2.00×" in text and "ext ≥ vectorized at 1/1 shapes" in text
     assert f"{moved / 0.002 / 1e9:.2f}" in text and f"{100 * moved / 0.002 / 20e9:.0f}%" in text
+    assert "fresh memory" not in text  # no fresh-copy measurement in env: no such sentence
+    # below half the copy bandwidth: the fresh-memory copy is named next to it
+    slow = {"copy_bandwidth_bytes_per_s": {"cpu": 400e9}, "fresh_copy_bandwidth_bytes_per_s": {"cpu": 100e9}}
+    text = "\n".join(section(tmp_path, slow))
+    assert "fresh memory" in text and "100.0 GB/s in this run, 25% of the copy" in text
+    assert f"the ext reaches {100 * moved / 0.002 / 100e9:.0f}%" in text
     # no rows of this mechanism: no section
     (tmp_path / "perf.csv").write_text(header + body.replace("se,", "ccnet,"))
     assert section(tmp_path, env) == []
@@ -284,3 +290,11 @@ def test_ext_records_autograd_only_when_an_input_needs_grad() -> None:
     torch.testing.assert_close(out.detach(), plain, rtol=0, atol=0)
     (dx,) = torch.autograd.grad(out, [t.tensors["x"]], torch.ones_like(out))
     assert dx.shape == out.shape
+
+
+def test_copy_bandwidth_measures_touched_and_fresh_copies() -> None:
+    from attnbench.measure.bandwidth import copy_bandwidth
+
+    touched = copy_bandwidth(nbytes=4 * 2**20, repeats=3)
+    fresh = copy_bandwidth(nbytes=4 * 2**20, repeats=3, fresh=True)
+    assert 1e8 < touched < 1e13 and 1e8 < fresh < 1e13, (touched, fresh)
