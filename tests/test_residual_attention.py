@@ -73,6 +73,28 @@ def test_ext_float32_on_a_larger_case(kind: str) -> None:
 
 
 @needs_ext
+@pytest.mark.parametrize("kind", KINDS)
+def test_ext_float32_vector_sigmoid_matches_float64(kind: str) -> None:
+    """The float32 CPU kernels run the sigmoid kinds 8 lanes at a time with a polynomial exp
+    (19·23 = 437 positions: whole vectors and a tail); forward and both gradients stay within
+    4x the vectorized impl's float32 error against float64."""
+    inputs = make_inputs(case_of(3, 37, 19, 23, kind))
+    trunk64, mask64 = (t.detach().double() for t in inputs.tensors.values())
+    gout = torch.randn(trunk64.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def run(fn: Callable[..., torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        t, m = (x.to(dtype).requires_grad_(True) for x in (trunk64, mask64))
+        out = fn(t, m, kind)
+        return [out.detach().double(), *(d.double() for d in torch.autograd.grad(out, (t, m), gout.to(dtype)))]
+
+    ref = run(ran_vectorized, torch.float64)
+    ext_err = [float((a - r).abs().max()) for a, r in zip(run(ext.ran_ext, torch.float32), ref, strict=True)]
+    vec_err = [float((a - r).abs().max()) for a, r in zip(run(ran_vectorized, torch.float32), ref, strict=True)]
+    for e, v, r in zip(ext_err, vec_err, ref, strict=True):
+        assert e <= 4 * v + 4 * 2.0**-23 * float(r.abs().max()), (ext_err, vec_err)
+
+
+@needs_ext
 def test_channel_kind_at_zero_norm_has_finite_gradients() -> None:
     """m = 0 at a position: the norm is clamped at 1e-12, f = 0; gradients stay finite (as F.normalize)."""
     trunk = torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)

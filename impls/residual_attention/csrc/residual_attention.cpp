@@ -10,9 +10,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "residual_attention.h"
+#include "vec_math.h"
 
 namespace attnbench_ran {
 namespace {
@@ -44,14 +46,85 @@ std::vector<int64_t> stats_shape(const at::Tensor& trunk, int64_t kind) {
   return {0};
 }
 
+// float32 sigmoid kinds, 8 lanes at a time with vec_math.h's exp (≤ 2 ulp). glibc's
+// scalar expf does not vectorize in an `omp simd` loop without -ffast-math: the
+// mixed and spatial kinds ran at 0.24-0.6x the vectorized impl (torch's vector
+// sigmoid) on the full grid, 1 thread, interleaved (scripts/bench_pairs.py).
+namespace vf {
+namespace v = attnbench_vec;
+using vec = v::vfloat;
+constexpr int64_t kLanes = v::kFloatLanes;
+
+inline vec one() { return v::splat(1.0f); }
+inline vec sigmoid(vec x) { return one() / (one() + v::exp_v(-x)); }
+// n < kLanes: the first n lanes, the others 0 (every formula below then gives 0 there)
+inline vec ld(const float* p, int64_t n) { return n == kLanes ? v::load(p) : v::load_part(p, n, 0.0f); }
+inline void st(float* p, vec x, int64_t n) {
+  if (n == kLanes) {
+    v::store(p, x);
+  } else {
+    v::store_part(p, x, n);
+  }
+}
+// body(i, n) for i = i0, i0 + kLanes, ... with n = min(kLanes, i1 − i) lanes.
+template <typename F>
+inline void lanes(int64_t i0, int64_t i1, const F& body) {
+  for (int64_t i = i0; i < i1; i += kLanes) body(i, std::min<int64_t>(kLanes, i1 - i));
+}
+
+void mixed_forward(const float* T, const float* M, float* O, int64_t i0, int64_t i1) {
+  lanes(i0, i1, [&](int64_t i, int64_t n) { st(O + i, (one() + sigmoid(ld(M + i, n))) * ld(T + i, n), n); });
+}
+
+void mixed_backward(const float* G, const float* T, const float* M, float* DT, float* DM, int64_t i0, int64_t i1) {
+  lanes(i0, i1, [&](int64_t i, int64_t n) {
+    const vec g = ld(G + i, n), s = sigmoid(ld(M + i, n));
+    st(DT + i, g * (one() + s), n);
+    st(DM + i, g * ld(T + i, n) * s * (one() - s), n);
+  });
+}
+
+// one (b, c) plane of the spatial kind: out = (1 + sigmoid((m − mean)·rstd))·t
+void spatial_forward(const float* t, const float* m, float* o, int64_t HW, float mean, float rstd) {
+  lanes(0, HW, [&](int64_t i, int64_t n) {
+    const vec x = (ld(m + i, n) - v::splat(mean)) * v::splat(rstd);
+    st(o + i, (one() + sigmoid(x)) * ld(t + i, n), n);
+  });
+}
+
+// one plane of the spatial backward (spatial_h / spatial_grads of the header)
+void spatial_backward(const float* g, const float* t, const float* m, float* dt, float* dm, int64_t HW, float mean,
+                      float rstd) {
+  const vec mu = v::splat(mean), r = v::splat(rstd);
+  vec sum_h = v::splat(0.0f), sum_hx = v::splat(0.0f);
+  lanes(0, HW, [&](int64_t i, int64_t n) {  // zero lanes past n: g = 0 gives h = 0
+    const vec xhat = (ld(m + i, n) - mu) * r, s = sigmoid(xhat);
+    const vec h = ld(g + i, n) * ld(t + i, n) * s * (one() - s);
+    sum_h += h;
+    sum_hx += h * xhat;
+  });
+  const vec mean_h = v::splat(v::hsum(sum_h) / float(HW)), mean_hx = v::splat(v::hsum(sum_hx) / float(HW));
+  lanes(0, HW, [&](int64_t i, int64_t n) {
+    const vec gi = ld(g + i, n), xhat = (ld(m + i, n) - mu) * r, s = sigmoid(xhat);
+    const vec h = gi * ld(t + i, n) * s * (one() - s);
+    st(dt + i, gi * (one() + s), n);
+    st(dm + i, r * (h - mean_h - xhat * mean_hx), n);
+  });
+}
+}  // namespace vf
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* T, const scalar_t* M, scalar_t* O, acc_type_t<scalar_t>* S, int64_t B, int64_t C,
                     int64_t HW, int64_t kind) {
   using acc_t = acc_type_t<scalar_t>;
   if (kind == kMixed) {
     at::parallel_for(0, B * C * HW, 32768, [&](int64_t i0, int64_t i1) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        vf::mixed_forward(T, M, O, i0, i1);
+      } else {
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) O[i] = scalar_t(mixed_out(acc_t(T[i]), acc_t(M[i])));
+        for (int64_t i = i0; i < i1; ++i) O[i] = scalar_t(mixed_out(acc_t(T[i]), acc_t(M[i])));
+      }
     });
   } else if (kind == kChannel) {
     const int64_t blocks = (HW + kBlock - 1) / kBlock;
@@ -88,8 +161,12 @@ void forward_kernel(const scalar_t* T, const scalar_t* M, scalar_t* O, acc_type_
 #pragma omp simd reduction(+ : sq)
         for (int64_t i = 0; i < HW; ++i) sq += (acc_t(m[i]) - mean) * (acc_t(m[i]) - mean);
         const acc_t rstd = inv_std(sq / acc_t(HW));
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          vf::spatial_forward(t, m, o, HW, mean, rstd);
+        } else {
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) o[i] = scalar_t(spatial_out(acc_t(t[i]), acc_t(m[i]), mean, rstd));
+          for (int64_t i = 0; i < HW; ++i) o[i] = scalar_t(spatial_out(acc_t(t[i]), acc_t(m[i]), mean, rstd));
+        }
         S[2 * p] = mean;
         S[2 * p + 1] = rstd;
       }
@@ -103,6 +180,10 @@ void backward_kernel(const scalar_t* G, const scalar_t* T, const scalar_t* M, co
   using acc_t = acc_type_t<scalar_t>;
   if (kind == kMixed) {
     at::parallel_for(0, B * C * HW, 32768, [&](int64_t i0, int64_t i1) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        vf::mixed_backward(G, T, M, DT, DM, i0, i1);
+        return;
+      }
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) {
         acc_t dt, dm;
@@ -142,6 +223,10 @@ void backward_kernel(const scalar_t* G, const scalar_t* T, const scalar_t* M, co
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t off = p * HW;
         const acc_t mean = S[2 * p], rstd = S[2 * p + 1];
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          vf::spatial_backward(G + off, T + off, M + off, DT + off, DM + off, HW, mean, rstd);
+          continue;
+        }
         acc_t sum_h = 0, sum_hx = 0;
 #pragma omp simd reduction(+ : sum_h, sum_hx)
         for (int64_t i = 0; i < HW; ++i) {
