@@ -272,3 +272,52 @@ def test_report_section_names_why_the_ext_is_slower(tmp_path: Path) -> None:
     assert "O((N+M)·C)" in dot and "recomputes" not in dot
     assert "per-call overhead" in overhead
     assert "1.10×" in text  # the faster forward's speed-up (0.0258 / 0.0234) is in the table
+
+
+# -- scores kept for the backward ------------------------------------------------------
+
+
+@needs_ext
+@pytest.mark.parametrize(("mode", "scaled"), MODES[:2])
+def test_kept_scores_backward_matches_recompute_and_passes_gradcheck(
+    mode: str, scaled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from impls.non_local import ext
+
+    inputs = make_inputs(case(mode, scaled, H=3, W=4, Hk=2, Wk=3)).to(torch.float64, "cpu")
+    args = tuple(inputs.tensors.values())
+    theta, phi = args[0], args[1]
+    scale = float(inputs.kwargs.get("scale") or 1.0)
+    _, _, scores = ext._ops().nl_forward(*(a.detach() for a in args), None, mode, scale, 4, True)
+    expected = scale * torch.einsum("bcn,bcm->bnm", theta.detach().flatten(2), phi.detach().flatten(2))
+    torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)
+
+    def grads(keep_from_ck: int) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(ext, "KEEP_SCORES_MIN_CK", keep_from_ck)
+        out = ext.non_local_ext_op(*args, key_block=4, **inputs.kwargs)
+        return torch.autograd.grad(out, args, torch.ones_like(out))
+
+    kept, recomputed = grads(0), grads(10**9)
+    for a, b in zip(kept, recomputed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ext, "KEEP_SCORES_MIN_CK", 0)
+    assert torch.autograd.gradcheck(lambda *t: ext.non_local_ext_op(*t, key_block=4, **inputs.kwargs), args)
+
+
+def test_scores_are_kept_only_for_autograd_on_small_wide_softmax_cases() -> None:
+    from impls.non_local.ext import KEEP_SCORES_MAX_BYTES, _keep_scores
+
+    def t(*shape: int, grad: bool = True) -> torch.Tensor:
+        return torch.zeros(*shape, requires_grad=grad)
+
+    small = (t(2, 256, 28, 28), t(2, 256, 14, 14), t(2, 256, 14, 14))
+    assert _keep_scores(*small, None, "embedded_gaussian") and _keep_scores(*small, None, "gaussian")
+    assert not _keep_scores(*small, None, "dot")
+    with torch.no_grad():  # inference: the memory-lean path, never N×M
+        assert not _keep_scores(*small, None, "embedded_gaussian")
+    assert not _keep_scores(*(x.detach() for x in small), None, "embedded_gaussian")
+    narrow = (t(2, 32, 28, 28), t(2, 32, 28, 28), t(2, 32, 28, 28))
+    assert not _keep_scores(*narrow, None, "embedded_gaussian")  # Ck < 64: recomputing is cheap
+    big = (t(2, 256, 56, 56), t(2, 256, 56, 56), t(2, 256, 56, 56))
+    assert KEEP_SCORES_MAX_BYTES < 2 * 3136 * 3136 * 4
+    assert not _keep_scores(*big, None, "embedded_gaussian")

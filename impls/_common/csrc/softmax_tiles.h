@@ -1,6 +1,7 @@
 // Memory-lean softmax attention: keys in tiles, online softmax, per-row
 // log-sum-exp saved for backward, scores recomputed there (flash-attention
-// style). No N×M matrix is ever stored: the largest temporaries are one
+// style). The caller may ask the forward to keep the scaled scores (B·N·M) for
+// the backward instead; otherwise no N×M matrix is ever stored: the largest temporaries are one
 // [N, tile] score tile and the [N, Cv] accumulator, so extra memory grows
 // linearly in N for a fixed tile. The matmuls are ATen's (at::mm, BLAS on CPU,
 // cuBLAS on CUDA); the per-row softmax work is the `Rows` policy's kernels
@@ -155,10 +156,11 @@ inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, T alpha, con
             static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
-// q [B, Ck, N], k [B, Ck, M], v [B, Cv, M] -> out [B, Cv, N], lse [B, N] (all contiguous).
+// q [B, Ck, N], k [B, Ck, M], v [B, Cv, M] -> out [B, Cv, N], lse [B, N] (all contiguous);
+// saved [B, N, M]: the scaled scores, for the backward to reuse (nullptr: not kept).
 template <typename T>
-void flash_forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t B, int64_t Ck, int64_t Cv, int64_t N,
-                   int64_t M, T scale, int64_t TK, const at::TensorOptions& opts) {
+void flash_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* saved, int64_t B, int64_t Ck, int64_t Cv,
+                   int64_t N, int64_t M, T scale, int64_t TK, const at::TensorOptions& opts) {
   const int64_t TQ = std::min(query_tile(Ck, Cv), N);
   const int64_t q_tiles = (N + TQ - 1) / TQ;
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -181,6 +183,9 @@ void flash_forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t B
         const int64_t t = std::min(TK, M - j0);
         // s[ii][jj] = scale · Σ_c q[c][i0+ii] k[c][j0+jj]
         gemm<T>('N', 'T', t, nq, Ck, scale, kb + j0, M, qb + i0, N, T(0), s, TK);
+        if (saved != nullptr) {
+          for (int64_t ii = 0; ii < nq; ++ii) std::copy(s + ii * TK, s + ii * TK + t, saved + (b * N + i0 + ii) * M + j0);
+        }
         for (int64_t ii = 0; ii < nq; ++ii) {
           T* row = s + ii * TK;
           const T tile_max = attnbench_vec::row_max(row, t);
@@ -214,10 +219,12 @@ void flash_forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t B
 // owns its dk/dv columns and sums dq into its own [Ck, N] slice of dq_part
 // (nullptr when chunks == 1: straight into dq), reduced in chunk order after.
 // The summation order depends on the chunk count only: deterministic.
+// saved: the forward's scaled scores [B, N, M], copied instead of recomputed (nullptr:
+// recompute them, one Ck-deep product per tile).
 template <typename T>
-void flash_backward(const T* gout, const T* q, const T* k, const T* v, const T* out, const T* lse, T* dq, T* dk, T* dv,
-                    T* dq_part, int64_t chunks, int64_t B, int64_t Ck, int64_t Cv, int64_t N, int64_t M, T scale,
-                    int64_t TK, const at::TensorOptions& opts) {
+void flash_backward(const T* gout, const T* q, const T* k, const T* v, const T* out, const T* lse, const T* saved,
+                    T* dq, T* dk, T* dv, T* dq_part, int64_t chunks, int64_t B, int64_t Ck, int64_t Cv, int64_t N,
+                    int64_t M, T scale, int64_t TK, const at::TensorOptions& opts) {
   const int64_t TQ = std::min(query_tile(Ck, Cv), N);
   const int64_t k_tiles = (M + TK - 1) / TK;
   // Dr[b][i] = Σ_c gout[b][c][i] · out[b][c][i]
@@ -253,7 +260,14 @@ void flash_backward(const T* gout, const T* q, const T* k, const T* v, const T* 
         const int64_t j0 = jt * TK, t = std::min(TK, M - j0);
         for (int64_t i0 = 0; i0 < N; i0 += TQ) {
           const int64_t nq = std::min(TQ, N - i0);
-          gemm<T>('N', 'T', t, nq, Ck, scale, kb + j0, M, qb + i0, N, T(0), p, TK);  // scaled scores
+          if (saved != nullptr) {
+            for (int64_t ii = 0; ii < nq; ++ii) {
+              const T* row = saved + (b * N + i0 + ii) * M + j0;
+              std::copy(row, row + t, p + ii * TK);
+            }
+          } else {
+            gemm<T>('N', 'T', t, nq, Ck, scale, kb + j0, M, qb + i0, N, T(0), p, TK);  // scaled scores
+          }
           gemm<T>('N', 'T', t, nq, Cv, T(1), vb + j0, M, gb + i0, N, T(0), ds, TK);  // dp = gout·v
           for (int64_t ii = 0; ii < nq; ++ii) {
             T* prow = p + ii * TK;
@@ -281,15 +295,18 @@ inline int64_t backward_chunks(int64_t B, int64_t k_tiles) {
 }
 
 inline std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                            const at::Tensor& v, double scale, int64_t block) {
+                                                            const at::Tensor& v, double scale, int64_t block,
+                                                            at::Tensor* scores) {
   const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2), Cv = v.size(1);
   auto out = at::empty({B, Cv, N}, q.options());
   auto lse = at::empty({B, N}, q.options());
+  if (scores != nullptr) *scores = at::empty({B, N, M}, q.options());
   if (B == 0 || N == 0) return {out, lse};
   const int64_t TK = tile_size(block, M);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_tiles forward (cpu)", [&] {
     flash_forward<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-                            out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), B, Ck, Cv, N, M,
+                            out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(),
+                            scores != nullptr ? scores->mutable_data_ptr<scalar_t>() : nullptr, B, Ck, Cv, N, M,
                             static_cast<scalar_t>(scale), TK, q.options());
   });
   return {out, lse};
@@ -298,7 +315,8 @@ inline std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q,
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tensor& gout, const at::Tensor& q,
                                                                          const at::Tensor& k, const at::Tensor& v,
                                                                          const at::Tensor& out, const at::Tensor& lse,
-                                                                         double scale, int64_t block) {
+                                                                         double scale, int64_t block,
+                                                                         const at::Tensor* scores) {
   const int64_t B = q.size(0), Ck = q.size(1), N = q.size(2), M = k.size(2), Cv = v.size(1);
   auto dq = at::zeros_like(q);
   auto dk = at::zeros_like(k);
@@ -312,6 +330,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const a
     flash_backward<scalar_t>(gout.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
                              k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
                              out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                             scores != nullptr ? scores->const_data_ptr<scalar_t>() : nullptr,
                              dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
                              dv.mutable_data_ptr<scalar_t>(),
                              chunks > 1 ? dq_part.mutable_data_ptr<scalar_t>() : nullptr, chunks, B, Ck, Cv, N, M,
@@ -327,16 +346,20 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const a
 #endif  // !defined(__CUDACC__)
 
 // q: [B, Ck, N], k: [B, Ck, M], v: [B, Cv, M] (contiguous, compute dtype).
-// Returns out [B, Cv, N] and lse [B, N] (compute dtype).
+// Returns out [B, Cv, N] and lse [B, N] (compute dtype). With `scores`, also keeps
+// the scaled scores [B, N, M] there for the backward (B·N·M values: only where
+// autograd needs them and they are small, see impls/non_local/ext.py).
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                             const at::Tensor& v, double scale, int64_t block) {
+                                                             const at::Tensor& v, double scale, int64_t block,
+                                                             at::Tensor* scores = nullptr) {
 #if !defined(__CUDACC__)
-  if constexpr (std::is_same<Rows, CpuRows>::value) return cpu::attention_forward(q, k, v, scale, block);
+  if constexpr (std::is_same<Rows, CpuRows>::value) return cpu::attention_forward(q, k, v, scale, block, scores);
 #endif
   const int64_t B = q.size(0), N = q.size(2), M = k.size(2), Cv = v.size(1);
   auto out = at::empty({B, Cv, N}, q.options());
   auto lse = at::empty({B, N}, q.options());
+  if (scores != nullptr) *scores = at::empty({B, N, M}, q.options());
   const int64_t T = tile_size(block, M);
   for (int64_t b = 0; b < B; ++b) {
     const auto qt = q[b].t();  // [N, Ck] view; BLAS takes the transpose
@@ -348,6 +371,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q
       const int64_t t = std::min(T, M - j0);
       auto s = at::mm(qt, k[b].narrow(1, j0, t));  // [N, t]
       if (scale != 1.0) s.mul_(scale);
+      if (scores != nullptr) (*scores)[b].narrow(1, j0, t).copy_(s);
       Rows::online(s, m, l, alpha);
       acc.mul_(alpha.unsqueeze(1));
       acc.addmm_(s, v[b].narrow(1, j0, t).t());  // += P [N, t] · V_tileᵀ [t, Cv]
@@ -358,14 +382,18 @@ std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q
   return {out, lse};
 }
 
-// Gradients of softmax_attention_forward w.r.t. q, k, v, with scores recomputed tile by tile.
+// Gradients of softmax_attention_forward w.r.t. q, k, v, with scores recomputed tile by
+// tile, or read from the forward's `scores` when it kept them.
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_backward(const at::Tensor& gout, const at::Tensor& q,
                                                                           const at::Tensor& k, const at::Tensor& v,
                                                                           const at::Tensor& out, const at::Tensor& lse,
-                                                                          double scale, int64_t block) {
+                                                                          double scale, int64_t block,
+                                                                          const at::Tensor* scores = nullptr) {
 #if !defined(__CUDACC__)
-  if constexpr (std::is_same<Rows, CpuRows>::value) return cpu::attention_backward(gout, q, k, v, out, lse, scale, block);
+  if constexpr (std::is_same<Rows, CpuRows>::value) {
+    return cpu::attention_backward(gout, q, k, v, out, lse, scale, block, scores);
+  }
 #endif
   const int64_t B = q.size(0), N = q.size(2), M = k.size(2);
   auto dq = at::empty_like(q);
@@ -382,8 +410,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_backward(const 
       const int64_t t = std::min(T, M - j0);
       const auto k_tile = k[b].narrow(1, j0, t);  // [Ck, t]
       const auto v_tile = v[b].narrow(1, j0, t);  // [Cv, t]
-      auto s = at::mm(qt, k_tile);                // [N, t]
-      if (scale != 1.0) s.mul_(scale);
+      at::Tensor s;
+      if (scores != nullptr) {
+        s = (*scores)[b].narrow(1, j0, t).clone();  // [N, t]
+      } else {
+        s = at::mm(qt, k_tile);  // [N, t]
+        if (scale != 1.0) s.mul_(scale);
+      }
       auto dp = at::mm(got, v_tile);              // [N, t]
       Rows::backward(s, dp, lse_b, D, scale);     // s -> P, dp -> dS (scale folded in)
       dv[b].narrow(1, j0, t).copy_(at::mm(gout[b], s));  // [Cv, N]·[N, t]

@@ -187,33 +187,35 @@ struct CpuConcatRows {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> nl_forward_cpu(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
-                                                  const c10::optional<at::Tensor>& w, c10::string_view mode,
-                                                  double scale, int64_t key_block) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nl_forward_cpu(const at::Tensor& theta, const at::Tensor& phi,
+                                                              const at::Tensor& g, const c10::optional<at::Tensor>& w,
+                                                              c10::string_view mode, double scale, int64_t key_block,
+                                                              bool save_scores) {
   TORCH_CHECK(theta.scalar_type() == at::kFloat || theta.scalar_type() == at::kDouble,
               "nl_forward (cpu): theta must be float32 or float64, got ", theta.scalar_type());
-  return nl_forward<attnbench_tiles::CpuRows, CpuConcatRows>(theta, phi, g, w, std::string(mode), scale, key_block);
+  return nl_forward<attnbench_tiles::CpuRows, CpuConcatRows>(theta, phi, g, w, std::string(mode), scale, key_block,
+                                                             save_scores);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nl_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const c10::optional<at::Tensor>& w, const at::Tensor& out, const at::Tensor& stats, c10::string_view mode,
-    double scale, int64_t key_block) {
+    double scale, int64_t key_block, const c10::optional<at::Tensor>& scores) {
   TORCH_CHECK(theta.scalar_type() == at::kFloat || theta.scalar_type() == at::kDouble,
               "nl_backward (cpu): theta must be float32 or float64, got ", theta.scalar_type());
   return nl_backward<attnbench_tiles::CpuRows, CpuConcatRows>(grad_out, theta, phi, g, w, out, stats,
-                                                              std::string(mode), scale, key_block);
+                                                              std::string(mode), scale, key_block, scores);
 }
 
 }  // namespace attnbench_nl
 
 TORCH_LIBRARY(attnbench_non_local, m) {
   m.def(
-      "nl_forward(Tensor theta, Tensor phi, Tensor g, Tensor? w, str mode, float scale, int key_block) "
-      "-> (Tensor, Tensor)");
+      "nl_forward(Tensor theta, Tensor phi, Tensor g, Tensor? w, str mode, float scale, int key_block, "
+      "bool save_scores=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "nl_backward(Tensor grad_out, Tensor theta, Tensor phi, Tensor g, Tensor? w, Tensor out, Tensor stats, "
-      "str mode, float scale, int key_block) -> (Tensor, Tensor, Tensor, Tensor)");
+      "str mode, float scale, int key_block, Tensor? scores=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnbench_non_local, CPU, m) {

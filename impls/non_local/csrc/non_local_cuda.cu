@@ -64,23 +64,24 @@ inline void check_cuda_dtype(const char* op, const at::Tensor& t) {
               " (cuda): theta must be float32, float64, float16 or bfloat16, got ", s);
 }
 
-std::tuple<at::Tensor, at::Tensor> nl_forward_cuda(const at::Tensor& theta, const at::Tensor& phi,
-                                                   const at::Tensor& g, const c10::optional<at::Tensor>& w,
-                                                   c10::string_view mode, double scale, int64_t key_block) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nl_forward_cuda(const at::Tensor& theta, const at::Tensor& phi,
+                                                               const at::Tensor& g, const c10::optional<at::Tensor>& w,
+                                                               c10::string_view mode, double scale, int64_t key_block,
+                                                               bool save_scores) {
   check_cuda_dtype("nl_forward", theta);
   const attnbench_tiles::DeviceGuard guard(theta.device());
   return nl_forward<attnbench_tiles::CudaRows, CudaConcatRows>(theta, phi, g, w, std::string(mode), scale,
-                                                               key_block);
+                                                               key_block, save_scores);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nl_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const c10::optional<at::Tensor>& w, const at::Tensor& out, const at::Tensor& stats, c10::string_view mode,
-    double scale, int64_t key_block) {
+    double scale, int64_t key_block, const c10::optional<at::Tensor>& scores) {
   check_cuda_dtype("nl_backward", theta);
   const attnbench_tiles::DeviceGuard guard(theta.device());
   return nl_backward<attnbench_tiles::CudaRows, CudaConcatRows>(grad_out, theta, phi, g, w, out, stats,
-                                                                std::string(mode), scale, key_block);
+                                                                std::string(mode), scale, key_block, scores);
 }
 
 }  // namespace attnbench_nl

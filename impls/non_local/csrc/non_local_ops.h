@@ -114,17 +114,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> concat_backward(const
 }
 
 // nl_forward: (out [B, Cv, H, W] in the input dtype, stats [B, N]: per-row lse for
-// the softmax modes, zeros otherwise; float for half inputs).
+// the softmax modes, zeros otherwise; float for half inputs; scores [B, N, M]: the
+// scaled scores when `save_scores` (softmax modes only), else an empty [0] tensor).
 template <class Rows, class ConcatRows>
-std::tuple<at::Tensor, at::Tensor> nl_forward(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
-                                              const c10::optional<at::Tensor>& w, const std::string& mode,
-                                              double scale, int64_t key_block) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nl_forward(const at::Tensor& theta, const at::Tensor& phi,
+                                                          const at::Tensor& g, const c10::optional<at::Tensor>& w,
+                                                          const std::string& mode, double scale, int64_t key_block,
+                                                          bool save_scores) {
   check_inputs("nl_forward", theta, phi, g, w, mode);
+  TORCH_CHECK(!save_scores || is_softmax(mode), "nl_forward: save_scores is for the softmax modes, not '", mode, "'");
   const int64_t B = theta.size(0), H = theta.size(2), W = theta.size(3), Cv = g.size(1);
   const auto q = flat(theta), k = flat(phi), v = flat(g);
-  at::Tensor out, stats;
+  at::Tensor out, stats, scores;
   if (is_softmax(mode)) {
-    std::tie(out, stats) = attnbench_tiles::softmax_attention_forward<Rows>(q, k, v, scale, key_block);
+    std::tie(out, stats) = attnbench_tiles::softmax_attention_forward<Rows>(q, k, v, scale, key_block,
+                                                                             save_scores ? &scores : nullptr);
   } else {
     TORCH_CHECK(scale == 1.0, "nl_forward: scale is accepted only for the softmax modes, got ", scale);
     if (mode == "dot") {
@@ -135,15 +139,25 @@ std::tuple<at::Tensor, at::Tensor> nl_forward(const at::Tensor& theta, const at:
     }
     stats = at::zeros({B, H * W}, q.options());
   }
-  return {out.view({B, Cv, H, W}).to(theta.scalar_type()), stats};
+  if (!scores.defined()) scores = at::empty({0}, q.options());
+  return {out.view({B, Cv, H, W}).to(theta.scalar_type()), stats, scores};
 }
 
 template <class Rows, class ConcatRows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nl_backward(
     const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const c10::optional<at::Tensor>& w, const at::Tensor& out, const at::Tensor& stats, const std::string& mode,
-    double scale, int64_t key_block) {
+    double scale, int64_t key_block, const c10::optional<at::Tensor>& scores) {
   check_inputs("nl_backward", theta, phi, g, w, mode);
+  const bool saved = scores.has_value() && scores->numel() > 0;
+  if (saved) {
+    const int64_t N = theta.size(2) * theta.size(3), M = phi.size(2) * phi.size(3);
+    TORCH_CHECK(is_softmax(mode), "nl_backward: scores are only kept by the softmax modes, not '", mode, "'");
+    TORCH_CHECK(scores->dim() == 3 && scores->size(0) == theta.size(0) && scores->size(1) == N &&
+                    scores->size(2) == M,
+                "nl_backward: scores must have shape [B, H*W, Hk*Wk] = [", theta.size(0), ", ", N, ", ", M, "], got ",
+                scores->sizes());
+  }
   TORCH_CHECK(grad_out.sizes() == out.sizes(), "nl_backward: grad_out must have the output's shape ", out.sizes(),
               ", got ", grad_out.sizes());
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == theta.size(0) && stats.size(1) == theta.size(2) * theta.size(3),
@@ -153,7 +167,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nl_backward(
   if (is_softmax(mode)) {
     const auto o = flat(out);
     const auto lse = stats.to(q.scalar_type()).contiguous();
-    std::tie(dq, dk, dv) = attnbench_tiles::softmax_attention_backward<Rows>(gout, q, k, v, o, lse, scale, key_block);
+    const at::Tensor s = saved ? scores->to(q.scalar_type()).contiguous() : at::Tensor();
+    std::tie(dq, dk, dv) =
+        attnbench_tiles::softmax_attention_backward<Rows>(gout, q, k, v, o, lse, scale, key_block, saved ? &s : nullptr);
   } else if (mode == "dot") {
     const double inv_m = 1.0 / static_cast<double>(k.size(2));
     const auto kv = at::bmm(k, v.transpose(1, 2));                 // [B, Ck, Cv]
