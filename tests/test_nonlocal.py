@@ -247,13 +247,15 @@ def test_ext_backward_is_deterministic_with_threads(mode: str) -> None:
 def test_report_section_names_why_the_ext_is_slower(tmp_path: Path) -> None:
     from impls.non_local.report import section
 
-    big = "B=2,Ck=256,Cv=256,H=28,Hk=28,W=28,Wk=28,mode={},scaled=false"
+    big = "B=2,Ck=256,Cv=256,H=56,Hk=56,W=56,Wk=56,mode={},scaled=false"  # too many scores to keep
     tiny = "B=1,Ck=1,Cv=1,H=1,Hk=1,W=1,Wk=1,mode=embedded_gaussian,scaled=false"
+    kept = "B=2,Ck=256,Cv=256,H=28,Hk=28,W=28,Wk=28,mode=gaussian,scaled=true"
     rows = [  # (case, pass, vectorized s, ext s, flops)
         (big.format("embedded_gaussian"), "fwd+bwd", 0.0758, 0.0843, 1.2e9),  # slower: recompute
         (big.format("embedded_gaussian"), "fwd", 0.0258, 0.0234, 4e8),  # faster: no line
         (big.format("dot"), "fwd", 0.0223, 0.0250, 4e8),  # slower: not the recompute reason
         (tiny, "fwd+bwd", 0.00044, 0.00046, 8.0),  # overhead, though above SMALL_S
+        (kept, "fwd+bwd", 0.0758, 0.0790, 1.2e9),  # slower though the scores are kept: not "recomputes"
     ]
     header = "mechanism,impl,kind,case,dtype,device,pass,median_s,iqr_s,peak_bytes,flops\n"
     body = "".join(
@@ -264,9 +266,11 @@ def test_report_section_names_why_the_ext_is_slower(tmp_path: Path) -> None:
     (tmp_path / "perf.csv").write_text(header + body)
     text = "\n".join(section(tmp_path, {}))
     misses = [line for line in text.splitlines() if line.startswith("- `nonlocal`")]
-    assert len(misses) == 3, misses
+    assert len(misses) == 4, misses
+    kept_line = next(m for m in misses if "H=28" in m)
+    assert "keeps the scores" in kept_line and "recomputes" not in kept_line
     recompute, dot, overhead = (
-        next(m for m in misses if key in m) for key in ("Wk=28,mode=embedded_gaussian", "mode=dot", "Ck=1,")
+        next(m for m in misses if key in m) for key in ("Wk=56,mode=embedded_gaussian", "mode=dot", "Ck=1,")
     )
     assert "recomputes the scores" in recompute and "Ck=256" in recompute
     assert "O((N+M)·C)" in dot and "recomputes" not in dot

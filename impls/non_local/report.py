@@ -37,6 +37,11 @@ def _why_slower(mech: str, case: str, flops: float, vec_s: float, pass_: str) ->
             "(C² exps against C²·HW multiply-adds), so the two differ by noise and that softmax"
         )
     if pass_ == "fwd+bwd":
+        if mech == "nonlocal" and _keeps_scores(case):
+            return (
+                "with autograd the ext keeps the scores for the backward here, so both do the same products; "
+                "what is left is the tiled forward's per-tile calls against one batched matmul (parity, noise)"
+            )
         return (
             "the flash-style backward recomputes the scores θᵀφ tile by tile instead of keeping the N×M matrix: "
             "4·Ck + 3·Cv multiply-adds per (query, key) pair against 3·Ck + 3·Cv (7/6 at Ck = Cv); it pays off "
@@ -46,6 +51,18 @@ def _why_slower(mech: str, case: str, flops: float, vec_s: float, pass_: str) ->
         "small map: the memory-lean forward makes one BLAS call per key tile plus an online-softmax rescale, "
         "where the vectorized impl makes one batched matmul on a matrix that still fits in cache"
     )
+
+
+def _keeps_scores(case: str) -> bool:
+    """Whether the non-local ext keeps its scores for the backward at this case (float32, CPU)."""
+    from impls.non_local.ext import KEEP_SCORES_MAX_BYTES, KEEP_SCORES_MIN_CK
+
+    params = dict(kv.split("=", 1) for kv in short_case(case).split(",") if "=" in kv)
+    try:
+        B, Ck, H, W, Hk, Wk = (int(params[k]) for k in ("B", "Ck", "H", "W", "Hk", "Wk"))
+    except (KeyError, ValueError):
+        return False
+    return Ck >= KEEP_SCORES_MIN_CK and B * H * W * Hk * Wk * 4 <= KEEP_SCORES_MAX_BYTES
 
 
 def _flops(row: pd.Series) -> float:
