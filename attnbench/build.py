@@ -161,17 +161,60 @@ def load(mech: str, verbose: bool = False) -> str:
         return path
 
 
+# op (an OpOverload) -> its (setup_context, backward), as given to register_autograd
+_autograd_rules: dict[Any, tuple[Any, Any]] = {}
+
+
+def register_autograd(op: Any, backward: Any, setup_context: Any) -> None:
+    """``torch.library.register_autograd`` for ``op`` (an OpOverload such as
+    ``torch.ops.ns.name.default``), and the same rule for :func:`call_op`'s fast path.
+
+    The op's first output is its differentiable result; further outputs are statistics
+    for the backward, whose gradients the rule must accept as ``None``."""
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+    _autograd_rules[op] = (setup_context, backward)
+
+
+class _OpFunction(torch.autograd.Function):
+    """Runs an op below the Autograd key and its registered rule as a plain autograd.Function."""
+
+    @staticmethod
+    def forward(ctx: Any, op: Any, *args: Any) -> Any:
+        setup_context, _ = _autograd_rules[op]
+        with torch._C._AutoDispatchBelowAutograd():
+            output = op(*args)
+        setup_context(ctx, args, output)
+        ctx.attnbench_op = op
+        first = output[0] if isinstance(output, tuple) else output
+        ctx.attnbench_first = (first.shape, first.dtype, first.device)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics outputs (scores: B·N·M)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        _, backward = _autograd_rules[ctx.attnbench_op]
+        if grads[0] is None:  # the result's gradient is undefined (gradcheck tries it): zeros
+            shape, dtype, device = ctx.attnbench_first
+            grads = (torch.zeros(shape, dtype=dtype, device=device), *grads[1:])
+        return (None, *backward(ctx, *grads))
+
+
 def call_op(op: Any, *args: Any) -> Any:
     """Calls a ``torch.library`` op whose autograd rule is registered from Python.
 
-    When autograd has nothing to record (grad mode off, or no tensor argument
-    requires grad) the call is dispatched below the Autograd key: the Python
-    autograd rule would only redispatch, at ~15 µs per call, which is most of the
-    time of a memory-bound op on a few hundred elements (residual-attention
-    ``mixed`` on the quick grid ran at 0.5x its two-op vectorized form). With
-    autograd the op is called as usual.
+    The dispatcher's way to such a rule costs per call: under ``no_grad`` the rule
+    only redispatches (~15 µs), with autograd ``torch.library``'s wrapper adds
+    argument handling around it (~150 µs on this VM for a residual-attention op on
+    25k elements, where the whole fwd+bwd of the two-op vectorized form takes
+    ~700 µs). So when autograd has nothing to record (grad mode off, or no tensor
+    argument requires grad) the op is dispatched below the Autograd key, and when
+    it has, and the rule was registered through :func:`register_autograd`, the same
+    rule runs as a plain ``autograd.Function``. The op's own registration stays, for
+    callers of ``torch.ops`` (and ``opcheck``).
     """
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        if op in _autograd_rules:
+            return _OpFunction.apply(op, *args)
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)

@@ -278,7 +278,8 @@ def test_ext_forward_mlp_paths_agree_with_vectorized(C: int, Cr: int, H: int, W:
 
 @needs_ext
 def test_ext_records_autograd_only_when_an_input_needs_grad() -> None:
-    """build.call_op dispatches below Autograd when nothing needs grad; with grad the rule runs."""
+    """build.call_op dispatches below Autograd when nothing needs grad; with grad the registered
+    rule runs as an autograd.Function, with the gradients of the op's own registration."""
     case = case_of(2, 8, 2, 3, 3)
     t = make_inputs(case).to(torch.float64, "cpu")
     fn = REGISTRY.impls["se"]["ext"].fn
@@ -288,8 +289,14 @@ def test_ext_records_autograd_only_when_an_input_needs_grad() -> None:
     out = t.call(fn)
     assert out.grad_fn is not None
     torch.testing.assert_close(out.detach(), plain, rtol=0, atol=0)
-    (dx,) = torch.autograd.grad(out, [t.tensors["x"]], torch.ones_like(out))
-    assert dx.shape == out.shape
+    wrt = [t.tensors[n] for n in t.differentiable]
+    fast = torch.autograd.grad(out, wrt, torch.ones_like(out))  # build.call_op's autograd.Function
+    x, w1, b1, w2, b2 = (t.tensors[n] for n in ("x", "w1", "b1", "w2", "b2"))
+    direct, *_ = torch.ops.attnbench_se.se_forward.default(x, w1, b1, w2, b2)  # torch.library's autograd
+    assert "_OpFunction" in type(out.grad_fn).__name__ and direct.grad_fn is not None
+    slow = torch.autograd.grad(direct, wrt, torch.ones_like(direct))
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_copy_bandwidth_measures_touched_and_fresh_copies() -> None:

@@ -96,7 +96,7 @@ def _register(ops: Any) -> None:
         )
         return dtheta, dphi, dg, (dw if w is not None else None), None, None, None, None
 
-    torch.library.register_autograd("attnbench_non_local::nl_forward", backward, setup_context=setup_context)
+    build.register_autograd(ops.nl_forward.default, backward, setup_context)
 
 
 def non_local_ext_op(

@@ -67,7 +67,7 @@ def ensure_loaded() -> None:
         lib = "attnbench_residual_attention"
         torch.library.register_fake(f"{lib}::ran_forward")(_fake_forward)
         torch.library.register_fake(f"{lib}::ran_backward")(_fake_backward)
-        torch.library.register_autograd(f"{lib}::ran_forward", _backward, setup_context=_setup_context)
+        build.register_autograd(torch.ops.attnbench_residual_attention.ran_forward.default, _backward, _setup_context)
         _registered = True
 
 

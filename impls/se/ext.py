@@ -86,7 +86,7 @@ def ensure_loaded() -> None:
             return
         torch.library.register_fake("attnbench_se::se_forward")(_fake_forward)
         torch.library.register_fake("attnbench_se::se_backward")(_fake_backward)
-        torch.library.register_autograd("attnbench_se::se_forward", _backward, setup_context=_setup_context)
+        build.register_autograd(torch.ops.attnbench_se.se_forward.default, _backward, _setup_context)
         _registered = True
 
 
