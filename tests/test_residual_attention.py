@@ -185,3 +185,24 @@ def test_wrong_ran_is_caught(
     }
     assert failed_kinds == kinds
     assert run.vectorized_clean
+
+
+def test_report_section_separates_per_call_overhead_from_real_gaps(tmp_path: Path) -> None:
+    from impls.residual_attention.report import section
+
+    header = "mechanism,impl,kind,case,dtype,device,pass,median_s,iqr_s,bytes_moved\n"
+    rows = [  # (shape, vectorized s, ext s, bytes moved)
+        ("B=1,C=1,H=2,W=2,kind=mixed", 30e-6, 50e-6, 48),  # smallest: the ext's fixed cost is 50 µs
+        ("B=8,C=64,H=7,W=7,kind=mixed", 300e-6, 340e-6, 800e3),  # 40 µs slower: within the fixed cost
+        ("B=8,C=1024,H=56,W=56,kind=mixed", 0.10, 0.20, 800e6),  # 100 ms slower: a real gap
+        ("B=8,C=256,H=28,W=28,kind=mixed", 0.02, 0.01, 50e6),  # faster
+    ]
+    body = "".join(
+        f'residual_attention,{impl},{impl},"residual_attention/ran/{case}",float32,cpu,fwd+bwd,{t},0.0,{moved}\n'
+        for case, vec_s, ext_s, moved in rows
+        for impl, t in (("vectorized", vec_s), ("ext", ext_s))
+    )
+    (tmp_path / "perf.csv").write_text(header + body)
+    text = "\n".join(section(tmp_path, {"copy_bandwidth_bytes_per_s": {"cpu": 10e9}}))
+    assert "ext ≥ vectorized at 1/4 shapes" in text
+    assert "2 of those are tiny (under 100 µs) or slower by no more than the ext's fixed cost per call (50.0 µs" in text
