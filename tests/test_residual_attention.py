@@ -206,3 +206,7 @@ def test_report_section_separates_per_call_overhead_from_real_gaps(tmp_path: Pat
     text = "\n".join(section(tmp_path, {"copy_bandwidth_bytes_per_s": {"cpu": 10e9}}))
     assert "ext ≥ vectorized at 1/4 shapes" in text
     assert "2 of those are tiny (under 100 µs) or slower by no more than the ext's fixed cost per call (50.0 µs" in text
+    fresh_env = {"copy_bandwidth_bytes_per_s": {"cpu": 10e9}, "fresh_copy_bandwidth_bytes_per_s": {"cpu": 2e9}}
+    assert "fresh memory" in "\n".join(section(tmp_path, fresh_env))  # largest moves 800 MB: a fresh mapping
+    (tmp_path / "perf.csv").write_text(header + body.replace(",800000000.0\n", ",8000000.0\n"))
+    assert "fresh memory" not in "\n".join(section(tmp_path, fresh_env))  # 8 MB: reused heap, no page faults
