@@ -37,65 +37,59 @@ inline double fold_lanes(const acc_t (&acc)[L]) {
   return double(block);
 }
 
-// Σ x[i] (and Σ a[i]·b[i] below), in double. Planes shorter than four lane groups
-// (7x7, 14x14 tails) take one double vector reduction: the lanes' set-up and fold
-// would cost more than they save. The two functions share their loop structure; it
-// is spelled out in each because a callable for the term defeated the vectorizer
-// (1.4x slower at 112x112).
-template <typename T>
-inline double wide_sum(const T* x, int64_t n) {
+// x[j] (kDot = false) or x[j]·b[j] (kDot = true), in the lane type.
+template <bool kDot, typename acc_t, typename T>
+inline acc_t wide_term(const T* x, const T* b, int64_t j) {
+  if constexpr (kDot) {
+    return acc_t(x[j]) * acc_t(b[j]);
+  } else {
+    return acc_t(x[j]);
+  }
+}
+
+// Σ x[i] or Σ x[i]·b[i], in double. Whole blocks of kWideBlock with a fixed trip count
+// (a variable one measured slower), then the partial block's whole lane groups, then
+// one double vector reduction over the rest; planes shorter than four lane groups
+// (7x7, 14x14) take only that reduction: the lanes' set-up and fold would cost more
+// than they save.
+template <bool kDot, typename T>
+inline double wide_reduce(const T* x, const T* b, int64_t n) {
   using acc_t = typename wide_lanes<T>::acc;
   constexpr int L = wide_lanes<T>::lanes;
   double total = 0;
   int64_t i = 0;
   if (n >= 4 * L) {
-    for (; i + kWideBlock <= n; i += kWideBlock) {  // whole blocks: a fixed trip count
+    for (; i + kWideBlock <= n; i += kWideBlock) {
       acc_t acc[L] = {};
       for (int64_t j = 0; j < kWideBlock; j += L) {
 #pragma omp simd
-        for (int k = 0; k < L; ++k) acc[k] += acc_t(x[i + j + k]);
+        for (int k = 0; k < L; ++k) acc[k] += wide_term<kDot, acc_t>(x, b, i + j + k);
       }
       total += fold_lanes<acc_t, L>(acc);
     }
-    acc_t acc[L] = {};  // the last partial block's whole lane groups
+    acc_t acc[L] = {};
     for (; i + L <= n; i += L) {
 #pragma omp simd
-      for (int k = 0; k < L; ++k) acc[k] += acc_t(x[i + k]);
+      for (int k = 0; k < L; ++k) acc[k] += wide_term<kDot, acc_t>(x, b, i + k);
     }
     total += fold_lanes<acc_t, L>(acc);
   }
   double rest = 0;
 #pragma omp simd reduction(+ : rest)
-  for (int64_t j = i; j < n; ++j) rest += double(x[j]);
+  for (int64_t j = i; j < n; ++j) rest += wide_term<kDot, double>(x, b, j);
   return total + rest;
 }
 
+// Σ x[i], in double.
+template <typename T>
+inline double wide_sum(const T* x, int64_t n) {
+  return wide_reduce<false>(x, static_cast<const T*>(nullptr), n);
+}
+
+// Σ a[i]·b[i], in double.
 template <typename T>
 inline double wide_dot(const T* a, const T* b, int64_t n) {
-  using acc_t = typename wide_lanes<T>::acc;
-  constexpr int L = wide_lanes<T>::lanes;
-  double total = 0;
-  int64_t i = 0;
-  if (n >= 4 * L) {
-    for (; i + kWideBlock <= n; i += kWideBlock) {  // whole blocks: a fixed trip count
-      acc_t acc[L] = {};
-      for (int64_t j = 0; j < kWideBlock; j += L) {
-#pragma omp simd
-        for (int k = 0; k < L; ++k) acc[k] += acc_t(a[i + j + k]) * acc_t(b[i + j + k]);
-      }
-      total += fold_lanes<acc_t, L>(acc);
-    }
-    acc_t acc[L] = {};  // the last partial block's whole lane groups
-    for (; i + L <= n; i += L) {
-#pragma omp simd
-      for (int k = 0; k < L; ++k) acc[k] += acc_t(a[i + k]) * acc_t(b[i + k]);
-    }
-    total += fold_lanes<acc_t, L>(acc);
-  }
-  double rest = 0;
-#pragma omp simd reduction(+ : rest)
-  for (int64_t j = i; j < n; ++j) rest += double(a[j]) * double(b[j]);
-  return total + rest;
+  return wide_reduce<true>(a, b, n);
 }
 
 }  // namespace attnbench_common
