@@ -15,6 +15,7 @@ from attnbench import build
 from attnbench.cases import Case
 from attnbench.measure.memory import peak_cpu
 from impls.non_local.mechanism import flops, make_inputs
+from impls.non_local.naive import non_local_naive
 from impls.non_local.vectorized import non_local_vectorized
 
 from .conftest import MutationRun
@@ -304,6 +305,10 @@ def test_kept_scores_backward_matches_recompute_and_passes_gradcheck(
     kept, recomputed = grads(0), grads(10**9)
     for a, b in zip(kept, recomputed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    naive_out = non_local_naive(*args, **inputs.kwargs)  # the float64 loop reference
+    naive = torch.autograd.grad(naive_out, args, torch.ones_like(naive_out))
+    for a, b in zip(kept, naive, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     monkeypatch.setattr(ext, "KEEP_SCORES_MIN_CK", 0)
     assert torch.autograd.gradcheck(lambda *t: ext.non_local_ext_op(*t, key_block=4, **inputs.kwargs), args)
 
